@@ -1,0 +1,95 @@
+"""A delivery: one message handed to a consumer, settled exactly once.
+
+Settling the same way twice is a no-op (handlers and frameworks may both ack);
+settling a different way after that raises, because it is always a bug.
+"""
+
+from __future__ import annotations
+
+import threading
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from mqkit.adapter import Inbound
+from mqkit.errors import DeliveryStateError
+from mqkit.message import Message
+from mqkit.policies.deadletter import Reason
+
+if TYPE_CHECKING:
+    from mqkit.consumer import Consumer
+
+__all__ = ["Delivery", "Reject", "Settled"]
+
+
+class Settled(str, Enum):
+    PENDING = "pending"
+    ACKED = "acked"
+    NACKED = "nacked"
+    REJECTED = "rejected"
+
+
+class Reject(Exception):  # noqa: N818 - raised by handlers, reads as a verb
+    """Raise from a handler to dead-letter the message at once (reason ``rejected``)."""
+
+
+class Delivery:
+    """``message``, ``attempt`` (1 = first delivery) and the three ways to settle."""
+
+    __slots__ = ("_consumer", "_lock", "attempt", "claimed", "inbound", "message", "state")
+
+    def __init__(self, consumer: Consumer, inbound: Inbound, attempt: int) -> None:
+        self._consumer = consumer
+        self.inbound = inbound
+        self.message = Message.from_record(
+            inbound.topic, inbound.record, partition=inbound.partition, offset=inbound.offset
+        )
+        self.attempt = attempt
+        self.claimed = False  # holds a dedupe 'processing' marker
+        self.state = Settled.PENDING
+        self._lock = threading.Lock()
+
+    def _transition(self, to: Settled) -> bool:
+        with self._lock:
+            if self.state is to:
+                return False
+            if self.state is not Settled.PENDING:
+                raise DeliveryStateError(
+                    f"message {self.message.id} was already {self.state.value}; it cannot also "
+                    f"be {to.value}"
+                )
+            self.state = to
+            return True
+
+    def ack(self) -> None:
+        """Done: the group never gets this message again."""
+        if self._transition(Settled.ACKED):
+            try:
+                self._consumer._settle_ack(self)
+            except BaseException:
+                self.state = Settled.PENDING
+                raise
+
+    def nack(self, requeue: bool = True, *, delay: float = 0.0) -> None:
+        """Give it back for redelivery (``requeue``), or dead-letter it (``requeue=False``)."""
+        if not requeue:
+            self.reject("nacked without requeue")
+            return
+        if self._transition(Settled.NACKED):
+            try:
+                self._consumer._settle_nack(self, delay)
+            except BaseException:
+                self.state = Settled.PENDING
+                raise
+
+    def reject(self, reason: str = "rejected") -> None:
+        """Dead-letter it now with ``reason`` in its error header; it is not retried."""
+        if self._transition(Settled.REJECTED):
+            try:
+                self._consumer._dead_letter(self, Reason.REJECTED, reason)
+            except BaseException:
+                self.state = Settled.PENDING
+                raise
+
+    def __repr__(self) -> str:
+        m = self.message
+        return f"<Delivery {m.topic} id={m.id} key={m.key} attempt={self.attempt} {self.state.value}>"

@@ -1,0 +1,1 @@
+"""Reliability policies, each written once above the adapter interface."""

@@ -1,0 +1,154 @@
+"""The producer: validates, encodes, stamps ids, and sends with the confirm policy."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from mqkit.codecs import encode
+from mqkit.errors import Closed, ConfigError, MessageTooLarge
+from mqkit.message import RESERVED_PREFIX, Message, Receipt, Record
+from mqkit.policies.confirm import receipts_or_raise
+from mqkit.policies.ttl import expires_at
+from mqkit.policy import Policy
+
+if TYPE_CHECKING:
+    from mqkit.client import Client
+
+__all__ = ["OutgoingMessage", "Producer", "check_topic"]
+
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+def check_topic(topic: Any, field: str = "topic") -> str:
+    if not isinstance(topic, str) or not _TOPIC.match(topic) or topic in (".", ".."):
+        raise ConfigError(
+            f"{topic!r} is not a valid topic name: use 1-200 characters of letters, digits, "
+            "'.', '_' and '-' (every broker accepts these)",
+            field=field,
+        )
+    return topic
+
+
+@dataclass(slots=True)
+class OutgoingMessage:
+    """One message of a ``send_many`` batch."""
+
+    value: Any
+    key: str | None = None
+    headers: Mapping[str, str] | None = None
+    id: str | None = None
+    ttl: float | None = None
+
+
+class Producer:
+    """Sends messages; with ``confirm`` a send returns only once the broker has them."""
+
+    def __init__(self, client: Client, policy: Policy) -> None:
+        self._client = client
+        self.policy = policy
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def send(
+        self,
+        topic: str,
+        value: Any,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        id: str | None = None,  # noqa: A002 - the public name of the message id
+        ttl: float | None = None,
+        delay: float | None = None,
+    ) -> Receipt:
+        """Send one message; raises PublishError if the broker did not confirm it."""
+        return self.send_many(
+            topic, [OutgoingMessage(value, key, headers, id, ttl)], delay=delay
+        )[0]
+
+    def send_many(
+        self,
+        topic: str,
+        messages: Iterable[OutgoingMessage | Any],
+        *,
+        delay: float | None = None,
+    ) -> list[Receipt]:
+        """Send a batch in one round trip where the backend can; per-message outcome."""
+        if self._closed:
+            raise Closed("this producer is closed; get a new one from mq.producer()")
+        check_topic(topic)
+        if delay is not None and (not isinstance(delay, (int, float)) or delay < 0):
+            raise ConfigError(f"must be seconds >= 0, got {delay!r}", field="delay")
+        records = [self._record(m) for m in messages]
+        if not records:
+            return []
+        limit = self._client.max_message_size
+        for r in records:
+            if r.size() > limit:
+                raise MessageTooLarge(
+                    f"message {r.id} is {r.size()} bytes; the {self._client.scheme} backend "
+                    f"accepts at most {limit} (raise max_message_size, or store the payload "
+                    "elsewhere and send a reference)",
+                    field="value",
+                )
+        self._client.ensure_topic(topic)
+        outcomes = self._client.adapter.publish(
+            topic,
+            records,
+            confirm=self.policy.confirm,
+            persistent=self.policy.persistent,
+            delay=delay or None,
+        )
+        return receipts_or_raise(topic, [r.id for r in records], outcomes)
+
+    def _record(self, m: OutgoingMessage | Any) -> Record:
+        if not isinstance(m, OutgoingMessage):
+            m = OutgoingMessage(m)
+        value, content_type = encode(m.value)
+        if m.key is not None and not isinstance(m.key, str):
+            raise ConfigError(f"must be a str or None, got {type(m.key).__name__}", field="key")
+        headers: dict[str, str] = {}
+        for k, v in (m.headers or {}).items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise ConfigError(
+                    f"headers must map str to str; {k!r}: {v!r} is not (convert values with str())",
+                    field="headers",
+                )
+            if k.startswith(RESERVED_PREFIX):
+                raise ConfigError(f"{k!r} uses the reserved prefix {RESERVED_PREFIX!r}", field="headers")
+            headers[k] = v
+        if m.id is not None and (not isinstance(m.id, str) or not m.id or len(m.id) > 256):
+            raise ConfigError("must be a non-empty str of at most 256 characters", field="id")
+        ttl = m.ttl if m.ttl is not None else self.policy.ttl
+        if ttl is not None and (not isinstance(ttl, (int, float)) or ttl <= 0):
+            raise ConfigError(f"must be seconds > 0, got {ttl!r}", field="ttl")
+        now = time.time()
+        msg = Message(
+            id=m.id or uuid.uuid4().hex,
+            topic="",
+            value=value,
+            key=m.key,
+            headers=headers,
+            timestamp=now,
+            content_type=content_type,
+            expires_at=expires_at(ttl, now),
+        )
+        return msg.to_record()
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def batch(values: Sequence[Any]) -> list[OutgoingMessage]:
+    return [v if isinstance(v, OutgoingMessage) else OutgoingMessage(v) for v in values]
