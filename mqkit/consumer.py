@@ -89,6 +89,7 @@ class Consumer:
         self.policy = policy
         self._store: DedupeStore | None = open_store(policy.dedupe)
         self._owner = new_owner()
+        self._tokens = itertools.count()
         self._sub: Subscription = client.adapter.subscribe(
             topic, group, prefetch=policy.prefetch, ordered=policy.ordering == "per_key"
         )
@@ -103,17 +104,17 @@ class Consumer:
     # -- settling (called by Delivery) -------------------------------------------
 
     def _release_claim(self, d: Delivery) -> None:
-        if self._store is not None and d.claimed:
-            self._store.release(self._dedupe_key(d), self._owner)
-            d.claimed = False
+        if self._store is not None and d.claimed is not None:
+            self._store.release(self._dedupe_key(d), d.claimed)
+            d.claimed = None
 
     def _done(self) -> None:
         with self._count_lock:
             self._unsettled -= 1
 
     def _settle_ack(self, d: Delivery) -> None:
-        if self._store is not None and d.claimed:
-            self._store.complete(self._dedupe_key(d), self._owner, self.policy.dedupe_ttl)
+        if self._store is not None and d.claimed is not None:
+            self._store.complete(self._dedupe_key(d), d.claimed, self.policy.dedupe_ttl)
         self._sub.ack(d.inbound)
         self._done()
 
@@ -167,9 +168,12 @@ class Consumer:
     def _claim(self, d: Delivery) -> bool:
         """Take the dedupe marker; settle duplicates and busy copies here."""
         assert self._store is not None
-        result = self._store.claim(self._dedupe_key(d), self._owner, self.policy.processing_timeout)
+        # One token per delivery: a second copy of the id in this same consumer
+        # must see the first as busy, not as its own claim.
+        token = d.claimed or f"{self._owner}:{next(self._tokens)}"
+        result = self._store.claim(self._dedupe_key(d), token, self.policy.processing_timeout)
         if result.state is Claim.CLAIMED:
-            d.claimed = True
+            d.claimed = token
             return True
         if result.state is Claim.DUPLICATE:
             self.stats.duplicates += 1
@@ -301,7 +305,7 @@ class Consumer:
         if d.message.expired():
             self._dead_letter_safely(d, Reason.EXPIRED, "message expired while waiting to be handled")
             return None
-        if self._store is not None and not d.claimed and not self._claim(d):
+        if self._store is not None and d.claimed is None and not self._claim(d):
             return None
         try:
             invoke(d.message)
@@ -322,9 +326,9 @@ class Consumer:
                 self.stats.handled += 1
                 return None
             return self._give_up(d, Reason.FAILED, exc)
-        if self._store is not None and d.claimed:
-            self._store.complete(self._dedupe_key(d), self._owner, self.policy.dedupe_ttl)
-            d.claimed = False  # done is recorded; the ack below must not redo it
+        if self._store is not None and d.claimed is not None:
+            self._store.complete(self._dedupe_key(d), d.claimed, self.policy.dedupe_ttl)
+            d.claimed = None  # done is recorded; the ack below must not redo it
         if self._on_handled is not None:
             self._on_handled(d)
         d.ack()

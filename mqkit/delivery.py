@@ -44,7 +44,7 @@ class Delivery:
             inbound.topic, inbound.record, partition=inbound.partition, offset=inbound.offset
         )
         self.attempt = attempt
-        self.claimed = False  # holds a dedupe 'processing' marker
+        self.claimed: str | None = None  # token of the dedupe 'processing' marker held
         self.state = Settled.PENDING
         self._lock = threading.Lock()
 
