@@ -97,9 +97,13 @@ class Adapter(abc.ABC):
 
     @abc.abstractmethod
     def declare(
-        self, topic: str, *, partitions: int, groups: Sequence[str], ordered: bool
+        self, topic: str, *, partitions: int | None, groups: Sequence[str], ordered: bool
     ) -> None:
-        """Create the topic and the groups' subscriptions if missing; idempotent."""
+        """Create the topic and the groups' subscriptions if missing; idempotent.
+
+        ``partitions`` None means: what the topic has, or the backend's default
+        (1) when it is created.
+        """
 
     @abc.abstractmethod
     def publish(
@@ -114,9 +118,7 @@ class Adapter(abc.ABC):
         """Send records; one outcome per record, in order (never stop half-way silently)."""
 
     @abc.abstractmethod
-    def subscribe(
-        self, topic: str, group: str, *, prefetch: int, ordered: bool
-    ) -> Subscription:
+    def subscribe(self, topic: str, group: str, *, prefetch: int, ordered: bool) -> Subscription:
         """Join ``group`` on ``topic``; the group is created if it does not exist yet."""
 
     def stats(self, topic: str, group: str) -> list[TopicStats]:

@@ -88,7 +88,9 @@ class Client:
             raise ConfigError(f"must be an int >= 1, got {partitions!r}", field="partitions")
         self.adapter.declare(topic, partitions=partitions, groups=list(groups), ordered=ordered)
         if not topic.endswith(".dlq"):
-            self.adapter.declare(dlq_topic(topic), partitions=None, groups=["default"], ordered=False)
+            self.adapter.declare(
+                dlq_topic(topic), partitions=None, groups=["default"], ordered=False
+            )
         with self._lock:
             self._declared.add(topic)
 

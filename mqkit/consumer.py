@@ -242,7 +242,11 @@ class Consumer:
                     handled = self.stats.handled - start
                     if max_messages is not None and handled >= max_messages:
                         break
-                    if idle_timeout is not None and not lanes and now - last_activity >= idle_timeout:
+                    if (
+                        idle_timeout is not None
+                        and not lanes
+                        and now - last_activity >= idle_timeout
+                    ):
                         break
                     room = self.policy.prefetch - held
                     if max_messages is not None:
@@ -262,7 +266,11 @@ class Consumer:
                             if d is None:
                                 continue
                             held += 1
-                            key = d.message.key if per_key and d.message.key is not None else next(seq)
+                            key = (
+                                d.message.key
+                                if per_key and d.message.key is not None
+                                else next(seq)
+                            )
                             lane = lanes.get(key)
                             if lane is None:
                                 lanes[key] = deque([d])
@@ -271,7 +279,9 @@ class Consumer:
                                 lane.append(d)
                     elif not ready:
                         self._sub_heartbeat()
-                        self._closing.wait(max(0.0, min(0.5, timers[0][0] - now)) if timers else 0.05)
+                        self._closing.wait(
+                            max(0.0, min(0.5, timers[0][0] - now)) if timers else 0.05
+                        )
                     if not ready:
                         continue
                     key = ready.popleft()
@@ -303,7 +313,9 @@ class Consumer:
     def _process(self, d: Delivery, invoke: Callable[[Message], Any]) -> float | None:
         """Handle one delivery; None when settled, else seconds until the retry."""
         if d.message.expired():
-            self._dead_letter_safely(d, Reason.EXPIRED, "message expired while waiting to be handled")
+            self._dead_letter_safely(
+                d, Reason.EXPIRED, "message expired while waiting to be handled"
+            )
             return None
         if self._store is not None and d.claimed is None and not self._claim(d):
             return None
@@ -316,7 +328,9 @@ class Consumer:
         except Exception as exc:
             if should_retry(d.attempt, self.policy.max_attempts):
                 delay = backoff_delay(d.attempt, self.policy.backoff)
-                log.info("retrying %s (attempt %d) in %.2fs: %r", d.message.id, d.attempt, delay, exc)
+                log.info(
+                    "retrying %s (attempt %d) in %.2fs: %r", d.message.id, d.attempt, delay, exc
+                )
                 d.attempt += 1
                 self.stats.retried += 1
                 return delay

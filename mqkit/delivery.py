@@ -28,7 +28,7 @@ class Settled(str, Enum):
     REJECTED = "rejected"
 
 
-class Reject(Exception):  # noqa: N818 - raised by handlers, reads as a verb
+class Reject(Exception):
     """Raise from a handler to dead-letter the message at once (reason ``rejected``)."""
 
 
@@ -92,4 +92,6 @@ class Delivery:
 
     def __repr__(self) -> str:
         m = self.message
-        return f"<Delivery {m.topic} id={m.id} key={m.key} attempt={self.attempt} {self.state.value}>"
+        return (
+            f"<Delivery {m.topic} id={m.id} key={m.key} attempt={self.attempt} {self.state.value}>"
+        )

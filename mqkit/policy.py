@@ -69,7 +69,5 @@ class Policy(BaseModel):
     @model_validator(mode="after")
     def _check_combination(self) -> Policy:
         if self.ack == "auto" and self.dedupe is not None:
-            raise ValueError(
-                "ack='auto' acks on receipt (at-most-once); dedupe needs ack='manual'"
-            )
+            raise ValueError("ack='auto' acks on receipt (at-most-once); dedupe needs ack='manual'")
         return self

@@ -62,14 +62,14 @@ class Producer:
         *,
         key: str | None = None,
         headers: Mapping[str, str] | None = None,
-        id: str | None = None,  # noqa: A002 - the public name of the message id
+        id: str | None = None,
         ttl: float | None = None,
         delay: float | None = None,
     ) -> Receipt:
         """Send one message; raises PublishError if the broker did not confirm it."""
-        return self.send_many(
-            topic, [OutgoingMessage(value, key, headers, id, ttl)], delay=delay
-        )[0]
+        return self.send_many(topic, [OutgoingMessage(value, key, headers, id, ttl)], delay=delay)[
+            0
+        ]
 
     def send_many(
         self,
@@ -120,7 +120,9 @@ class Producer:
                     field="headers",
                 )
             if k.startswith(RESERVED_PREFIX):
-                raise ConfigError(f"{k!r} uses the reserved prefix {RESERVED_PREFIX!r}", field="headers")
+                raise ConfigError(
+                    f"{k!r} uses the reserved prefix {RESERVED_PREFIX!r}", field="headers"
+                )
             headers[k] = v
         if m.id is not None and (not isinstance(m.id, str) or not m.id or len(m.id) > 256):
             raise ConfigError("must be a non-empty str of at most 256 characters", field="id")

@@ -82,12 +82,11 @@ class EngineAdapter(Adapter):
             return [err] * len(records)
         now = time.time()
         return [
-            Receipt(r.id, topic, True, p, o, now) for r, (p, o) in zip(records, placed)
+            Receipt(r.id, topic, True, p, o, now)
+            for r, (p, o) in zip(records, placed, strict=True)
         ]
 
-    def subscribe(
-        self, topic: str, group: str, *, prefetch: int, ordered: bool
-    ) -> Subscription:
+    def subscribe(self, topic: str, group: str, *, prefetch: int, ordered: bool) -> Subscription:
         member = self._engine.join(topic, group, ordered=ordered, prefetch=prefetch)
         return EngineSubscription(self._engine, topic, member)
 

@@ -131,7 +131,9 @@ class Engine:
     def _restore(self) -> None:
         topics, groups = self._state.load()
         for name, partitions in topics.items():
-            self._topics[name] = _Topic(name, [self._log_factory(name, p) for p in range(partitions)])
+            self._topics[name] = _Topic(
+                name, [self._log_factory(name, p) for p in range(partitions)]
+            )
         for (tname, gname), snap in groups.items():
             topic = self._topics.get(tname)
             if topic is not None:
@@ -153,7 +155,9 @@ class Engine:
             parts.append(part)
         return _Group(name, parts)
 
-    def declare(self, topic: str, *, partitions: int | None = None, groups: Sequence[str] = ()) -> None:
+    def declare(
+        self, topic: str, *, partitions: int | None = None, groups: Sequence[str] = ()
+    ) -> None:
         """Create the topic (``partitions`` or 1) and groups if missing; idempotent.
 
         An existing topic keeps its partition count: changing it would move
@@ -322,7 +326,9 @@ class Engine:
                     out, next_due = self._collect(t, t.groups[m.group], m, room)
                     if out:
                         for d in out:
-                            self._state.delivered(m.topic, m.group, d.partition, d.offset, d.attempt)
+                            self._state.delivered(
+                                m.topic, m.group, d.partition, d.offset, d.attempt
+                            )
                         return out
                     if next_due is not None:
                         wake_at = min(wake_at, next_due)

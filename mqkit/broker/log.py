@@ -14,7 +14,14 @@ from typing import Protocol
 
 from mqkit.message import Record
 
-__all__ = ["GroupSnapshot", "LogFactory", "MemoryLog", "NullStateStore", "PartitionLog", "StateStore"]
+__all__ = [
+    "GroupSnapshot",
+    "LogFactory",
+    "MemoryLog",
+    "NullStateStore",
+    "PartitionLog",
+    "StateStore",
+]
 
 
 class PartitionLog(Protocol):

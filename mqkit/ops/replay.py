@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from mqkit.client import Client
 from mqkit.message import DLQ_REASON, Message
-from mqkit.policies.deadletter import DLQ_SUFFIX, restore_record
 from mqkit.policies.confirm import receipts_or_raise
+from mqkit.policies.deadletter import DLQ_SUFFIX, restore_record
 from mqkit.policy import Policy
 
 __all__ = ["ReplayResult", "replay"]

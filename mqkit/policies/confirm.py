@@ -16,7 +16,9 @@ from mqkit.message import Receipt
 __all__ = ["receipts_or_raise"]
 
 
-def receipts_or_raise(topic: str, ids: Sequence[str], outcomes: Sequence[PublishOutcome]) -> list[Receipt]:
+def receipts_or_raise(
+    topic: str, ids: Sequence[str], outcomes: Sequence[PublishOutcome]
+) -> list[Receipt]:
     if len(outcomes) != len(ids):
         raise PublishError(
             f"the adapter returned {len(outcomes)} outcomes for {len(ids)} messages to "
@@ -25,7 +27,7 @@ def receipts_or_raise(topic: str, ids: Sequence[str], outcomes: Sequence[Publish
         )
     receipts: list[Receipt] = []
     failed: list[tuple[int, str, BaseException | None]] = []
-    for i, (mid, outcome) in enumerate(zip(ids, outcomes)):
+    for i, (mid, outcome) in enumerate(zip(ids, outcomes, strict=False)):
         if isinstance(outcome, BaseException):
             failed.append((i, mid, outcome))
         else:

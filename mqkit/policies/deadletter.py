@@ -52,10 +52,7 @@ def dead_letter_record(
     # reason, not re-applied.  A delay has already been served.
     headers.pop(H_EXPIRES, None)
     headers.pop(H_DELIVER_AT, None)
-    if isinstance(error, BaseException):
-        text = f"{type(error).__name__}: {error}"
-    else:
-        text = error or ""
+    text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error or ""
     headers[DLQ_TOPIC] = headers.get(DLQ_TOPIC, topic) if topic.endswith(DLQ_SUFFIX) else topic
     headers[DLQ_GROUP] = group
     headers[DLQ_REASON] = reason.value if isinstance(reason, Reason) else str(reason)

@@ -17,7 +17,11 @@ def backoff_delay(
 ) -> float:
     """Seconds to wait after failed ``attempt`` (1-based) before the next one."""
     initial, multiplier, maximum = backoff
-    base = min(maximum, initial * multiplier ** max(0, attempt - 1))
+    try:
+        grown = initial * multiplier ** max(0, attempt - 1)
+    except OverflowError:  # a late attempt with a big multiplier: past any cap
+        grown = maximum if initial > 0 else 0.0
+    base = min(maximum, grown)
     r = (rng or random).random()
     return base / 2 + r * base / 2
 

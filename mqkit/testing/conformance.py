@@ -15,6 +15,7 @@ the in-process ones slow; no test asserts an upper bound on time.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -197,10 +198,8 @@ class ConformanceSuite:
             with pytest.raises(MQError):
                 mq.producer(Policy(confirm=True)).send(t, b"lost?")
         finally:
-            try:
+            with contextlib.suppress(MQError):
                 mq.close()
-            except MQError:
-                pass
             self.restart_broker()
 
     # -- C3 persistence --------------------------------------------------------------
@@ -216,10 +215,8 @@ class ConformanceSuite:
             return
         mq.declare(t, groups=["g1"])
         ids = [r.id for r in mq.producer().send_many(t, [f"m{i}".encode() for i in range(50)])]
-        try:
+        with contextlib.suppress(MQError):
             mq.close()
-        except MQError:
-            pass
         self.kill_broker()
         self.restart_broker()
         mq2 = mqkit.connect(url)
@@ -328,7 +325,7 @@ class ConformanceSuite:
         self, mq: Client, topic: str
     ) -> None:
         mq.producer().send_many(topic, [b"a", b"b", b"c"])
-        store = f"memory://"
+        store = "memory://"
         policy = Policy(dedupe=store, backoff=(0.05, 2.0, 0.2))
         handled: list[str] = []
         c1 = mq.consumer(topic, group="g1", policy=policy)
@@ -348,9 +345,7 @@ class ConformanceSuite:
 
     # -- C8 ordering -----------------------------------------------------------------
 
-    def test_c8_per_key_order_with_two_consumers_and_retries(
-        self, mq: Client, topic: str
-    ) -> None:
+    def test_c8_per_key_order_with_two_consumers_and_retries(self, mq: Client, topic: str) -> None:
         policy = Policy(ordering="per_key", backoff=(0.02, 2.0, 0.1), prefetch=10)
         if self.caps(mq, "per_key_ordering") is Support.UNSUPPORTED:
             with pytest.raises(Unsupported):
@@ -373,7 +368,9 @@ class ConformanceSuite:
 
         consumers = [mq.consumer(topic, group="g1", policy=policy) for _ in range(2)]
         threads = [
-            threading.Thread(target=c.run, args=(handler,), kwargs={"idle_timeout": self.settle * 3})
+            threading.Thread(
+                target=c.run, args=(handler,), kwargs={"idle_timeout": self.settle * 3}
+            )
             for c in consumers
         ]
         for th in threads:
@@ -401,9 +398,7 @@ class ConformanceSuite:
         assert sorted(int(m.value) for m in g1) == list(range(20))
         assert sorted(int(m.value) for m in g2) == list(range(20))
 
-    def test_c9_group_created_later_sees_only_later_messages(
-        self, mq: Client, topic: str
-    ) -> None:
+    def test_c9_group_created_later_sees_only_later_messages(self, mq: Client, topic: str) -> None:
         p = mq.producer()
         p.send(topic, b"before")
         mq.declare(topic, groups=["late"])
@@ -435,7 +430,8 @@ class ConformanceSuite:
         b.close()
         both = got["a"] + got["b"]
         assert sorted(int(v) for v in both) == list(range(n))
-        assert got["a"] and got["b"], "one member got nothing: the group did not share"
+        assert got["a"], "member a got nothing: the group did not share"
+        assert got["b"], "member b got nothing: the group did not share"
 
     # -- C10 TTL ---------------------------------------------------------------------
 

@@ -1,0 +1,3 @@
+"""Shared test wiring: broker environments (docker/brokers) and the Redis fixture."""
+
+pytest_plugins = ["tests.brokers_plugin"]
