@@ -23,6 +23,14 @@ if TYPE_CHECKING:
 __all__ = ["Client", "connect"]
 
 
+def _check_policy(policy: object) -> None:
+    if policy is not None and not isinstance(policy, Policy):
+        raise ConfigError(
+            f"must be a mqkit.Policy, e.g. mqkit.Policy(confirm=True), not {type(policy).__name__}",
+            field="policy",
+        )
+
+
 def connect(
     source: str | Path | dict[str, Any] | Settings | None = None, **overrides: Any
 ) -> Client:
@@ -45,7 +53,7 @@ class Client:
         self.settings = settings
         parsed = settings.parsed()
         self.scheme = parsed.scheme
-        override = settings.options.get("adapter")
+        override = settings.all_options().get("adapter")
         cls = resolve(parsed.scheme, override if isinstance(override, str) else None)
         self.adapter: Adapter = cls(settings)
         self._declared: set[str] = set()
@@ -102,6 +110,7 @@ class Client:
 
     def producer(self, policy: Policy | None = None) -> Producer:
         self._check_open()
+        _check_policy(policy)
         p = Producer(self, policy or self.default_policy)
         with self._lock:
             self._children.append(p)
@@ -113,6 +122,7 @@ class Client:
         self._check_open()
         check_topic(topic)
         check_topic(group, field="group")
+        _check_policy(policy)
         policy = policy or self.default_policy
         if policy.ordering == "per_key" and not self.capabilities.supports("per_key_ordering"):
             raise Unsupported(self.scheme, "ordering='per_key'")

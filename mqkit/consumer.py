@@ -201,11 +201,19 @@ class Consumer:
                 self._closing.wait(min(wait, 0.05))
                 continue
             got = self._sub.fetch(room, wait)
-            for inbound in got:
+            for i, inbound in enumerate(got):
                 idle_since = time.monotonic()
                 d = self._admit(inbound)
                 if d is not None:
-                    yield d
+                    try:
+                        yield d
+                    except GeneratorExit:
+                        # The caller stopped iterating (break): give back what was
+                        # fetched but never handed out, or it stays leased until close.
+                        if not self._closing.is_set():
+                            for rest in got[i + 1 :]:
+                                self._sub.nack(rest, delay=0.0)
+                        raise
 
     def __iter__(self) -> Iterator[Delivery]:
         return self.iter()
@@ -299,10 +307,16 @@ class Consumer:
                         heapq.heappush(timers, (time.monotonic() + retry_in, next(seq), key))
             finally:
                 # Give back what we hold but did not finish: redelivered, never lost.
+                # Best effort: if the broker already took them back (this member was
+                # evicted, or the connection is gone) the error must not hide why run()
+                # ended, nor stop the others from being given back.
                 for lane in lanes.values():
                     for d in lane:
                         if d.state is Settled.PENDING:
-                            d.nack(delay=0.0)
+                            try:
+                                d.nack(delay=0.0)
+                            except Exception as exc:
+                                log.warning("could not give back %s: %r", d.message.id, exc)
         return self.stats
 
     def _sub_heartbeat(self) -> None:
@@ -317,7 +331,10 @@ class Consumer:
                 d, Reason.EXPIRED, "message expired while waiting to be handled"
             )
             return None
-        if self._store is not None and d.claimed is None and not self._claim(d):
+        # Claim (again) right before the handler: a claim taken at admission may have
+        # run out while the message waited in its lane; re-claiming renews it, or finds
+        # the id done (or taken) by someone else meanwhile.
+        if self._store is not None and not self._claim(d):
             return None
         try:
             invoke(d.message)

@@ -112,6 +112,10 @@ class Producer:
         value, content_type = encode(m.value)
         if m.key is not None and not isinstance(m.key, str):
             raise ConfigError(f"must be a str or None, got {type(m.key).__name__}", field="key")
+        if m.headers is not None and not isinstance(m.headers, Mapping):
+            raise ConfigError(
+                f"must be a dict of str to str, got {type(m.headers).__name__}", field="headers"
+            )
         headers: dict[str, str] = {}
         for k, v in (m.headers or {}).items():
             if not isinstance(k, str) or not isinstance(v, str):

@@ -23,8 +23,8 @@ __all__ = ["BUILTIN", "available", "resolve"]
 BUILTIN: dict[str, str] = {
     "memory": "mqkit.backends.memory:MemoryAdapter",
     "native": "mqkit.backends.native:NativeAdapter",
-    "mqkit": "mqkit.backends.native:NativeServerAdapter",
-    "mqkits": "mqkit.backends.native:NativeServerAdapter",
+    "mqkit": "mqkit.backends.native_server:NativeServerAdapter",
+    "mqkits": "mqkit.backends.native_server:NativeServerAdapter",
     "kafka": "mqkit.adapters.kafka:KafkaAdapter",
     "amqp": "mqkit.adapters.rabbitmq:RabbitMQAdapter",
     "amqps": "mqkit.adapters.rabbitmq:RabbitMQAdapter",
@@ -72,20 +72,33 @@ def resolve(scheme: str, override: str | None = None) -> type[Adapter]:
     if ":" not in target:
         raise ConfigError(f"{target!r} must look like 'package.module:Class'", field="adapter")
     module_name, _, class_name = target.partition(":")
+    field = "url" if override is None else "adapter"
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         driver = DRIVERS.get(scheme)
         if driver and exc.name and exc.name.split(".")[0] == driver[0]:
             raise MissingDriver(scheme, driver[1], driver[2]) from exc
-        if exc.name == module_name:
+        # The module itself (or a package on its path) is missing, not something it imports.
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise UnknownBackend(
                 f"the adapter module {module_name!r} for {scheme!r} is not part of this "
                 "installation (not written yet, or a plugin that is not installed)",
-                field="url",
+                field=field,
             ) from exc
         raise
     cls = getattr(module, class_name, None)
     if cls is None:
-        raise ConfigError(f"{module_name} has no class {class_name!r}", field="adapter")
-    return cls  # type: ignore[no-any-return]
+        raise UnknownBackend(
+            f"{module_name} has no class {class_name!r}: the adapter for {scheme!r} is not "
+            "part of this installation",
+            field=field,
+        )
+    from mqkit.adapter import Adapter
+
+    if not (isinstance(cls, type) and issubclass(cls, Adapter)):
+        raise ConfigError(
+            f"{target!r} is not an mqkit adapter (a subclass of mqkit.adapter.Adapter)",
+            field=field,
+        )
+    return cls

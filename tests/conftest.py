@@ -1,3 +1,3 @@
 """Shared test wiring: broker environments (docker/brokers) and the Redis fixture."""
 
-pytest_plugins = ["tests.brokers_plugin"]
+pytest_plugins = ["tests.brokers_plugin", "tests.redis_server"]

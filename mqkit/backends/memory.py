@@ -19,13 +19,19 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Sequence
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mqkit.adapter import PublishOutcome
 from mqkit.backends.engine import EngineAdapter
 from mqkit.broker.engine import Engine
 from mqkit.broker.log import MemoryLog
 from mqkit.capabilities import Capabilities, Support
+from mqkit.errors import ConfigError
+from mqkit.message import Record
 
-__all__ = ["MemoryAdapter", "reset"]
+__all__ = ["MemoryAdapter", "MemoryOptions", "reset"]
 
 _brokers: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -38,6 +44,14 @@ def reset(name: str | None = None) -> None:
             engine = _brokers.pop(key, None)
             if engine is not None:
                 engine.close()
+
+
+class MemoryOptions(BaseModel):
+    """URL query parameters / ``options`` of ``memory://``; a typo is an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_timeout: float = Field(default=30.0, gt=0)
 
 
 class MemoryAdapter(EngineAdapter):
@@ -57,15 +71,33 @@ class MemoryAdapter(EngineAdapter):
     def open(self) -> None:
         parsed = self.settings.parsed()
         name = parsed.host if parsed.hosts else (parsed.path or "default")
+        opts = self.settings.all_options()
+        opts.pop("adapter", None)
+        try:
+            o = MemoryOptions.model_validate(opts)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ConfigError(
+                f"{err['msg']} (memory options: {', '.join(MemoryOptions.model_fields)})",
+                field="options." + ".".join(str(x) for x in err["loc"]),
+            ) from None
         self._warned = False
         with _lock:
             engine = _brokers.get(name)
             if engine is None or engine._closed:
-                engine = Engine(MemoryLog, **self.engine_options())
+                engine = Engine(MemoryLog, session_timeout=o.session_timeout)
                 _brokers[name] = engine
             self._engine = engine
 
-    def publish(self, topic, records, *, confirm, persistent, delay=None):  # type: ignore[no-untyped-def]
+    def publish(
+        self,
+        topic: str,
+        records: Sequence[Record],
+        *,
+        confirm: bool,
+        persistent: bool,
+        delay: float | None = None,
+    ) -> list[PublishOutcome]:
         if persistent and not self._warned:
             self._warned = True
             warnings.warn(

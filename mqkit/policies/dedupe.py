@@ -103,6 +103,7 @@ class MemoryDedupeStore:
             if value == DONE:
                 return ClaimResult(Claim.DUPLICATE)
             if value == PROCESSING + owner:
+                self._data[key] = (value, now + lease)  # the owner renews its lease
                 return ClaimResult(Claim.CLAIMED)
             return ClaimResult(Claim.BUSY, max(0.0, self._data[key][1] - now))
 
@@ -127,7 +128,10 @@ local ok = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
 if ok then return {1, 0} end
 local v = redis.call('GET', KEYS[1])
 if v == 'done' then return {2, 0} end
-if v == ARGV[1] then return {1, 0} end
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, 0}
+end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then ttl = 0 end
 return {3, ttl}
