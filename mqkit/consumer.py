@@ -152,21 +152,33 @@ class Consumer:
 
     # -- admission: TTL, dedupe, auto-ack ----------------------------------------
 
-    def _admit(self, inbound: Inbound) -> Delivery | None:
+    def _admit(self, inbound: Inbound, *, claim: bool) -> Delivery | None:
         with self._count_lock:
             self._unsettled += 1
         d = Delivery(self, inbound, inbound.attempt)
         if is_expired(inbound.record):
             self._dead_letter_safely(d, Reason.EXPIRED, "message expired before it was handled")
             return None
-        if self._store is not None and not self._claim(d):
-            return None
+        if claim and self._store is not None:
+            busy = self._claim(d)
+            if busy is not None:
+                # Someone is handling this id right now (or crashed mid-way): the
+                # caller of iter() cannot wait for it, so the group gets it back.
+                d.nack(delay=busy)
+                return None
+            if d.claimed is None:
+                return None  # a duplicate, already acked
         if self.policy.ack == "auto":
             d.ack()
         return d
 
-    def _claim(self, d: Delivery) -> bool:
-        """Take the dedupe marker; settle duplicates and busy copies here."""
+    def _claim(self, d: Delivery) -> float | None:
+        """Take the dedupe marker.
+
+        Returns None when claimed (``d.claimed`` set) or when the id was already
+        handled (then ``d`` is acked here); else seconds to wait before trying
+        again, because another delivery of the id holds the marker.
+        """
         assert self._store is not None
         # One token per delivery: a second copy of the id in this same consumer
         # must see the first as busy, not as its own claim.
@@ -174,14 +186,13 @@ class Consumer:
         result = self._store.claim(self._dedupe_key(d), token, self.policy.processing_timeout)
         if result.state is Claim.CLAIMED:
             d.claimed = token
-            return True
+            return None
         if result.state is Claim.DUPLICATE:
             self.stats.duplicates += 1
             d.ack()
-            return False
-        # Someone is handling this id right now (or crashed mid-way): try again later.
-        d.nack(delay=min(max(result.retry_after, 0.05), self.policy.backoff[2]))
-        return False
+            return None
+        # Poll again soon rather than at lease end: the holder usually finishes fast.
+        return min(max(result.retry_after, 0.05), 1.0)
 
     # -- iter --------------------------------------------------------------------
 
@@ -203,7 +214,7 @@ class Consumer:
             got = self._sub.fetch(room, wait)
             for i, inbound in enumerate(got):
                 idle_since = time.monotonic()
-                d = self._admit(inbound)
+                d = self._admit(inbound, claim=True)
                 if d is not None:
                     try:
                         yield d
@@ -237,7 +248,7 @@ class Consumer:
         timers: list[tuple[float, int, Any]] = []
         seq = itertools.count()
         held = 0
-        start = self.stats.handled
+        settled = 0  # handled, dead-lettered or recognised as duplicates: for max_messages
         last_activity = time.monotonic()
         with self._running:
             try:
@@ -247,8 +258,7 @@ class Consumer:
                         last_activity = now
                     while timers and timers[0][0] <= now:
                         ready.append(heapq.heappop(timers)[2])
-                    handled = self.stats.handled - start
-                    if max_messages is not None and handled >= max_messages:
+                    if max_messages is not None and settled >= max_messages:
                         break
                     if (
                         idle_timeout is not None
@@ -258,7 +268,7 @@ class Consumer:
                         break
                     room = self.policy.prefetch - held
                     if max_messages is not None:
-                        room = min(room, max_messages - handled - held)
+                        room = min(room, max_messages - settled - held)
                     if room > 0:
                         if ready:
                             wait = 0.0
@@ -270,7 +280,7 @@ class Consumer:
                                 wait = min(wait, max(0.0, idle_timeout - (now - last_activity)))
                         for inbound in self._sub.fetch(room, wait):
                             last_activity = time.monotonic()
-                            d = self._admit(inbound)
+                            d = self._admit(inbound, claim=False)
                             if d is None:
                                 continue
                             held += 1
@@ -299,6 +309,7 @@ class Consumer:
                     if retry_in is None:
                         lanes[key].popleft()
                         held -= 1
+                        settled += 1
                         if lanes[key]:
                             ready.append(key)
                         else:
@@ -334,8 +345,12 @@ class Consumer:
         # Claim (again) right before the handler: a claim taken at admission may have
         # run out while the message waited in its lane; re-claiming renews it, or finds
         # the id done (or taken) by someone else meanwhile.
-        if self._store is not None and not self._claim(d):
-            return None
+        if self._store is not None:
+            busy = self._claim(d)
+            if busy is not None:
+                return busy  # held here, its lane waits; no attempt is used up
+            if d.claimed is None:
+                return None  # a duplicate: acked without running the handler
         try:
             invoke(d.message)
         except Reject as exc:
