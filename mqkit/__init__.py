@@ -25,6 +25,15 @@ from mqkit.settings import Settings
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # ``mqkit.aio`` without importing asyncio machinery for sync users.
+    if name == "aio":
+        import importlib
+
+        return importlib.import_module("mqkit.aio")
+    raise AttributeError(f"module 'mqkit' has no attribute {name!r}")
+
 __all__ = [
     "Capabilities",
     "Client",

@@ -135,7 +135,7 @@ class Settings(BaseSettings):
         return v
 
     def effective_url(self) -> str:
-        return self.url or f"native:///{Path(DEFAULT_DATA_DIR).resolve()}"
+        return self.url or f"native://{Path(DEFAULT_DATA_DIR).resolve()}"
 
     def parsed(self) -> ParsedURL:
         return parse_url(self.effective_url())

@@ -25,11 +25,13 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
-from mqkit.errors import ConfigError, MissingDriver
+from mqkit.errors import ConfigError, ConnectionLost, MissingDriver
 
 __all__ = [
     "Claim",
@@ -147,7 +149,8 @@ class RedisDedupeStore:
 
     Claim is one Lua script (SET NX or inspect), so two consumers can never both
     claim an id.  Run Redis with ``appendfsync always`` if markers must survive a
-    Redis crash too.
+    Redis crash too.  Redis being unreachable is a :class:`ConnectionLost` (the
+    message stays unacked and comes back), never a silent skip of dedupe.
     """
 
     def __init__(self, url: str) -> None:
@@ -159,11 +162,29 @@ class RedisDedupeStore:
             self._client: Any = redis.Redis.from_url(url, socket_timeout=10.0)
         except ValueError as exc:
             raise ConfigError(f"{url!r}: {exc}", field="dedupe") from exc
+        self._url = url
+        self._errors: tuple[type[BaseException], ...] = (
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+        )
         self._claim = self._client.register_script(_CLAIM)
         self._release = self._client.register_script(_RELEASE)
 
+    @contextmanager
+    def _reaching(self) -> Iterator[None]:
+        try:
+            yield
+        except self._errors as exc:
+            raise ConnectionLost(
+                f"the Redis dedupe store at {self._url} is unreachable ({exc}); start Redis "
+                "or fix Policy.dedupe -- the message stays unacked and will be redelivered"
+            ) from exc
+
     def claim(self, key: str, owner: str, lease: float) -> ClaimResult:
-        code, ttl_ms = self._claim(keys=[key], args=[PROCESSING + owner, max(1, int(lease * 1000))])
+        with self._reaching():
+            code, ttl_ms = self._claim(
+                keys=[key], args=[PROCESSING + owner, max(1, int(lease * 1000))]
+            )
         if code == 1:
             return ClaimResult(Claim.CLAIMED)
         if code == 2:
@@ -171,10 +192,12 @@ class RedisDedupeStore:
         return ClaimResult(Claim.BUSY, int(ttl_ms) / 1000.0)
 
     def complete(self, key: str, owner: str, ttl: float) -> None:
-        self._client.set(key, DONE, px=max(1, int(ttl * 1000)))
+        with self._reaching():
+            self._client.set(key, DONE, px=max(1, int(ttl * 1000)))
 
     def release(self, key: str, owner: str) -> None:
-        self._release(keys=[key], args=[PROCESSING + owner])
+        with self._reaching():
+            self._release(keys=[key], args=[PROCESSING + owner])
 
     def close(self) -> None:
         self._client.close()
