@@ -35,7 +35,7 @@ __all__ = ["NativeAdapter", "NativeOptions", "data_dir_of"]
 
 NATIVE_CAPABILITIES = Capabilities(
     backend="native",
-    max_message_size=8 * 1024 * 1024,
+    max_message_size=16 * 1024 * 1024,
     notes={
         "confirm": "send returns after the records are on disk (fsync=always, group commit)",
         "retry_backoff": "in the consumer: the message stays leased, its key's lane waits",

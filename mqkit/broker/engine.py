@@ -31,7 +31,9 @@ from mqkit.broker.log import GroupSnapshot, LogFactory, NullStateStore, Partitio
 from mqkit.errors import Closed, ConfigError
 from mqkit.message import Record
 
-__all__ = ["Delivered", "Engine", "PartitionStats"]
+__all__ = ["MAX_PARTITIONS", "Delivered", "Engine", "PartitionStats"]
+
+MAX_PARTITIONS = 4096  # every partition is a log opened up front: keep declare bounded
 
 
 @dataclass(slots=True)
@@ -164,8 +166,8 @@ class Engine:
         keys between partitions and break per-key order, so a different
         explicit count is an error rather than a silent no-op.
         """
-        if partitions is not None and partitions < 1:
-            raise ConfigError("must be at least 1", field="partitions")
+        if partitions is not None and not 1 <= partitions <= MAX_PARTITIONS:
+            raise ConfigError(f"must be between 1 and {MAX_PARTITIONS}", field="partitions")
         with self._lock:
             self._check_open()
             t = self._topics.get(topic)
@@ -443,6 +445,14 @@ class Engine:
             holder = part.in_flight.get(offset)
             if part.is_done(offset):
                 return
+            if offset not in part.attempts:
+                # Never handed out (or already settled): acking it would make the group
+                # skip a message nobody handled.
+                raise ConfigError(
+                    f"offset {offset} of partition {partition} was not delivered to this "
+                    "group; ack only what fetch returned",
+                    field="offset",
+                )
             if holder is not None:
                 owner = self._members.get(holder)
                 if owner is not None:

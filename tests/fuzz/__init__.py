@@ -1,0 +1,1 @@
+"""Fuzzing of the broker server: a standalone script and its helpers."""
