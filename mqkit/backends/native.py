@@ -119,6 +119,12 @@ class NativeAdapter(EngineAdapter):
         self._shared: _Shared | None = shared
         self._engine = shared.engine
 
+    def delete_topic(self, topic: str) -> None:
+        """Remove the topic from the engine and its files from disk."""
+        assert self._shared is not None
+        self._engine.delete_topic(topic)
+        self._shared.storage.delete_topic(topic)
+
     @property
     def recovery_report(self) -> Any:
         assert self._shared is not None
