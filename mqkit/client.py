@@ -92,7 +92,9 @@ class Client:
             raise ConfigError("must be a list of group names, not one string", field="groups")
         for g in groups:
             check_topic(g, field="groups")
-        if partitions is not None and (not isinstance(partitions, int) or partitions < 1):
+        if partitions is not None and (
+            isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1
+        ):
             raise ConfigError(f"must be an int >= 1, got {partitions!r}", field="partitions")
         self.adapter.declare(topic, partitions=partitions, groups=list(groups), ordered=ordered)
         if not topic.endswith(".dlq"):

@@ -35,6 +35,11 @@ def check_topic(topic: Any, field: str = "topic") -> str:
     return topic
 
 
+def _not_seconds(value: object) -> bool:
+    """True unless ``value`` is a real number of seconds (bool is an int, but not that)."""
+    return isinstance(value, bool) or not isinstance(value, (int, float))
+
+
 @dataclass(slots=True)
 class OutgoingMessage:
     """One message of a ``send_many`` batch."""
@@ -82,7 +87,7 @@ class Producer:
         if self._closed:
             raise Closed("this producer is closed; get a new one from mq.producer()")
         check_topic(topic)
-        if delay is not None and (not isinstance(delay, (int, float)) or delay < 0):
+        if delay is not None and (_not_seconds(delay) or delay < 0):
             raise ConfigError(f"must be seconds >= 0, got {delay!r}", field="delay")
         records = [self._record(m) for m in messages]
         if not records:
@@ -131,7 +136,7 @@ class Producer:
         if m.id is not None and (not isinstance(m.id, str) or not m.id or len(m.id) > 256):
             raise ConfigError("must be a non-empty str of at most 256 characters", field="id")
         ttl = m.ttl if m.ttl is not None else self.policy.ttl
-        if ttl is not None and (not isinstance(ttl, (int, float)) or ttl <= 0):
+        if ttl is not None and (_not_seconds(ttl) or ttl <= 0):
             raise ConfigError(f"must be seconds > 0, got {ttl!r}", field="ttl")
         now = time.time()
         msg = Message(

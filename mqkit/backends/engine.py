@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from mqkit.adapter import Adapter, Inbound, PublishOutcome, Subscription, TopicStats
 from mqkit.broker.engine import Engine
@@ -82,8 +81,7 @@ class EngineAdapter(Adapter):
             return [err] * len(records)
         now = time.time()
         return [
-            Receipt(r.id, topic, True, p, o, now)
-            for r, (p, o) in zip(records, placed, strict=True)
+            Receipt(r.id, topic, True, p, o, now) for r, (p, o) in zip(records, placed, strict=True)
         ]
 
     def subscribe(self, topic: str, group: str, *, prefetch: int, ordered: bool) -> Subscription:
@@ -106,7 +104,3 @@ class EngineAdapter(Adapter):
 
     def delete_topic(self, topic: str) -> None:
         self._engine.delete_topic(topic)
-
-    def engine_options(self) -> dict[str, Any]:
-        opts = self.settings.all_options()
-        return {"session_timeout": float(opts.get("session_timeout", 30.0))}

@@ -204,7 +204,9 @@ CASES: list[tuple[str, Callable[[Env], object], type[Exception], str]] = [
     ("ttl-zero", _send(ttl=0), ConfigError, "ttl: must be seconds > 0"),
     ("ttl-negative", _send(ttl=-5.0), ConfigError, "ttl"),
     ("ttl-text", _send(ttl="60"), ConfigError, "ttl"),
+    ("ttl-bool", _send(ttl=True), ConfigError, "ttl: must be seconds > 0"),
     ("delay-negative", _send(delay=-1), ConfigError, "delay: must be seconds >= 0"),
+    ("delay-bool", _send(delay=True), ConfigError, "delay: must be seconds >= 0"),
     ("value-object", _send(value=object()), PayloadError, "pydantic model"),
     ("value-set", _send(value={1, 2}), PayloadError, "JSON-compatible"),
     ("value-nan", _send(value=float("nan")), PayloadError, "JSON"),
@@ -241,6 +243,12 @@ CASES: list[tuple[str, Callable[[Env], object], type[Exception], str]] = [
         lambda e: e.mq.declare("p1", partitions=2.5),  # type: ignore[arg-type]
         ConfigError,
         "partitions",
+    ),
+    (
+        "declare-partitions-bool",
+        lambda e: e.mq.declare("p2", partitions=True),
+        ConfigError,
+        "partitions: must be an int >= 1",
     ),
     (
         "declare-groups-string",
