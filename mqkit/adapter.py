@@ -69,6 +69,11 @@ class Subscription(abc.ABC):
     def ack(self, inbound: Inbound) -> None:
         """Settle a delivery as done: it is never delivered to this group again."""
 
+    def ack_many(self, inbounds: Sequence[Inbound]) -> None:
+        """Ack several deliveries; adapters with a batch ack override this (ops tools)."""
+        for inbound in inbounds:
+            self.ack(inbound)
+
     @abc.abstractmethod
     def nack(self, inbound: Inbound, *, delay: float = 0.0) -> None:
         """Give a delivery back: redelivered (attempt + 1) after ``delay`` seconds."""

@@ -34,6 +34,14 @@ from mqkit.message import Message
 from mqkit.policies.deadletter import Reason, dead_letter_record, dlq_topic
 from mqkit.policies.dedupe import Claim, DedupeStore, dedupe_key, new_owner, open_store
 from mqkit.policies.retry import backoff_delay, should_retry
+from mqkit.policies.serial_lock import (
+    LockHandle,
+    SerialBusy,
+    SerialLock,
+    holding,
+    open_serial_lock,
+    take,
+)
 from mqkit.policies.ttl import is_expired
 from mqkit.policy import Policy
 
@@ -88,6 +96,7 @@ class Consumer:
         self.group = group
         self.policy = policy
         self._store: DedupeStore | None = open_store(policy.dedupe)
+        self._serial: SerialLock | None = open_serial_lock(policy.serial_lock)
         self._owner = new_owner()
         self._tokens = itertools.count()
         self._sub: Subscription = client.adapter.subscribe(
@@ -352,7 +361,15 @@ class Consumer:
             if d.claimed is None:
                 return None  # a duplicate: acked without running the handler
         try:
-            invoke(d.message)
+            lock = (
+                None
+                if self._serial is None
+                else take(self._serial, self.topic, self.group, d.message.key)
+            )
+        except SerialBusy as exc:  # another instance handles this key now: wait, keep attempts
+            return exc.retry_after
+        try:
+            self._invoke(invoke, d, lock)
         except Reject as exc:
             return self._give_up(d, Reason.REJECTED, exc)
         except PayloadError as exc:
@@ -381,6 +398,15 @@ class Consumer:
         self.stats.handled += 1
         return None
 
+    def _invoke(
+        self, invoke: Callable[[Message], Any], d: Delivery, lock: LockHandle | None
+    ) -> None:
+        if self._serial is None:
+            invoke(d.message)
+            return
+        with holding(self._serial, lock):
+            invoke(d.message)
+
     def _give_up(self, d: Delivery, reason: Reason, exc: BaseException) -> float | None:
         self._dead_letter_safely(d, reason, exc)
         self.stats.handled += 1
@@ -406,6 +432,8 @@ class Consumer:
         with self._running:  # waits for run() to finish its current message
             self._closed = True
             self._sub.close()
+            if self._serial is not None and isinstance(self.policy.serial_lock, str):
+                self._serial.close()  # opened from a URL here: ours to close
 
     def __enter__(self) -> Consumer:
         return self

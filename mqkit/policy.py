@@ -35,6 +35,12 @@ class Policy(BaseModel):
     dedupe_ttl: float = Field(
         default=7 * 24 * 3600.0, gt=0, description="how long a handled id is remembered"
     )
+    serial_lock: Any = Field(
+        default=None,
+        description="None, a Redis URL ('redis://host:port/db') or a SerialLock: a "
+        "distributed lock per key held around the handler, so one key is handled by one "
+        "application instance at a time (needs ordering='per_key')",
+    )
     processing_timeout: float = Field(
         default=300.0,
         gt=0,
@@ -66,8 +72,29 @@ class Policy(BaseModel):
             )
         return v
 
+    @field_validator("serial_lock")
+    @classmethod
+    def _check_serial_lock(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        if isinstance(v, str):
+            if not v.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError(
+                    f"serial_lock must be a Redis URL like 'redis://127.0.0.1:6379/0', got {v!r}"
+                )
+            return v
+        from mqkit.policies.serial_lock import SerialLock
+
+        if not isinstance(v, SerialLock):
+            raise ValueError(
+                f"serial_lock must be a Redis URL or a RedisSerialLock, not {type(v).__name__}"
+            )
+        return v
+
     @model_validator(mode="after")
     def _check_combination(self) -> Policy:
         if self.ack == "auto" and self.dedupe is not None:
             raise ValueError("ack='auto' acks on receipt (at-most-once); dedupe needs ack='manual'")
+        if self.serial_lock is not None and self.ordering != "per_key":
+            raise ValueError("serial_lock serialises a key's handlers: it needs ordering='per_key'")
         return self

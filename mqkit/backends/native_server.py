@@ -139,6 +139,11 @@ class ServerSubscription(Subscription):
         _, p, o = inbound.handle
         self._client.call(wire.Ack(self._current(), ((p, o),)))
 
+    def ack_many(self, inbounds: Sequence[Inbound]) -> None:
+        if inbounds:
+            items = tuple((p, o) for _, p, o in (i.handle for i in inbounds))
+            self._client.call(wire.Ack(self._current(), items))
+
     def nack(self, inbound: Inbound, *, delay: float = 0.0) -> None:
         gen, p, o = inbound.handle
         if gen != self._client.generation:

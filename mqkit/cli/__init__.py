@@ -5,7 +5,9 @@
     mqkit declare orders --partitions 4 --group billing
     mqkit capabilities --url kafka://127.0.0.1:9092
     mqkit lag orders --group billing
-    mqkit replay orders.dlq --reason failed
+    mqkit replay orders.dlq --reason expired --since 6h
+    mqkit fanout orders --group billing [--finish]
+    mqkit bridge --from native:///old --to kafka://127.0.0.1:9092 orders --group billing
     mqkit demo
     mqkit broker serve --data-dir /var/lib/mqkit --port 7600
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import typer
 
-from mqkit.cli import commands
+from mqkit.cli import commands, ops
 from mqkit.cli.common import State, UrlOption
 from mqkit.cli.demo import default_demo_url, demo_command
 
@@ -43,8 +45,10 @@ app.command()(commands.send)
 app.command()(commands.tail)
 app.command()(commands.declare)
 app.command()(commands.capabilities)
-app.command()(commands.lag)
-app.command()(commands.replay)
+app.command()(ops.lag)
+app.command()(ops.replay)
+app.command()(ops.fanout)
+app.command()(ops.bridge)
 app.command("demo")(demo_command)
 
 broker = typer.Typer(help="The native broker.", no_args_is_help=True)

@@ -1,29 +1,33 @@
-"""Replay: move messages from a dead-letter queue back to where they came from.
+"""Replay: move messages from a dead-letter queue (or any topic) back to a topic.
 
-Each message is re-published with its original id, key, value and headers
-(confirmed) before it is acked in the DLQ, so a crash mid-way re-sends at
-most the message in hand -- and its unchanged id lets dedupe absorb that.
+The seed's "messages lost to TTL" playbook without the throw-away program:
+mqkit never drops an expired message, it dead-letters it with reason
+``expired``, and ``replay(mq, "orders.dlq", reason="expired")`` puts that
+batch back into ``orders`` -- with the original id, key, value and headers,
+minus the dead-letter headers and the expiry, so it does not expire again.
+
+It runs on :func:`mqkit.ops.move.move`: each batch is published to the
+target (confirmed) before it is acked in the DLQ, so a crash mid-way loses
+nothing and re-sends at most one batch, whose unchanged ids let dedupe absorb
+it.  Messages the selection leaves out stay in the DLQ untouched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Callable, Mapping
 
 from mqkit.client import Client
-from mqkit.message import DLQ_REASON, Message
-from mqkit.policies.confirm import receipts_or_raise
+from mqkit.errors import ConfigError
+from mqkit.message import Message, Record
+from mqkit.ops.move import MoveResult, move
+from mqkit.ops.select import Selection, TimeField
 from mqkit.policies.deadletter import DLQ_SUFFIX, restore_record
-from mqkit.policy import Policy
 
 __all__ = ["ReplayResult", "replay"]
 
-
-@dataclass
-class ReplayResult:
-    moved: int = 0
-    skipped: int = 0
-    by_target: dict[str, int] = field(default_factory=dict)
+ReplayResult = MoveResult
+"""``moved``, ``skipped`` (left where they were), ``by_target``, ``seconds``."""
 
 
 def replay(
@@ -37,38 +41,72 @@ def replay(
     limit: int | None = None,
     dry_run: bool = False,
     idle_timeout: float = 2.0,
+    since: float | None = None,
+    until: float | None = None,
+    time_field: TimeField = "dead_lettered",
+    headers: Mapping[str, str] | None = None,
+    key: str | None = None,
+    select: Selection | None = None,
+    batch_size: int = 500,
+    window: int = 100_000,
+    on_progress: Callable[[MoveResult], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> ReplayResult:
-    """Move messages of ``source`` (a ``<topic>.dlq``) back to their original topic.
+    """Move the selected messages of ``source`` (read as ``group``) to their topic.
 
-    ``target`` overrides the destination; ``reason`` and ``where`` select which
-    messages move (the others stay in the DLQ, untouched); ``dry_run`` counts
-    without moving anything.
+    The destination is ``target`` if given, else the topic a dead letter came
+    from (header ``mqkit_dlq_topic``), else ``source`` without ``.dlq``.  A
+    source that is not a dead-letter queue needs ``target``.  ``reason``,
+    ``since``/``until`` (epoch seconds, on ``time_field``), ``headers``
+    (name -> pattern), ``key`` (pattern) and ``where`` select, or pass a
+    ready :class:`Selection` as ``select``.  ``dry_run`` counts what would move.
     """
-    result = ReplayResult()
-    policy = Policy(prefetch=10_000, max_attempts=1)
-    consumer = mq.consumer(source, group=group, policy=policy)
-    try:
-        # Messages left in place stay leased (unsettled) until close, so this run
-        # does not see them again; close gives them back to the DLQ untouched.
-        for d in consumer.iter(timeout=idle_timeout):
-            m = d.message
-            chosen = (reason is None or m.headers.get(DLQ_REASON) == reason) and (
-                where is None or where(m)
-            )
-            if not chosen:
-                result.skipped += 1
-                continue
-            original, record = restore_record(d.inbound.record)
-            dest = target or original or source.removesuffix(DLQ_SUFFIX)
-            if not dry_run:
-                mq.ensure_topic(dest)
-                outcomes = mq.adapter.publish(dest, [record], confirm=True, persistent=True)
-                receipts_or_raise(dest, [record.id], outcomes)
-                d.ack()
-            result.moved += 1
-            result.by_target[dest] = result.by_target.get(dest, 0) + 1
-            if limit is not None and result.moved >= limit:
-                break
-    finally:
-        consumer.close()
-    return result
+    if select is None:
+        select = Selection(
+            reason=reason,
+            since=since,
+            until=until,
+            time_field=time_field,
+            headers=dict(headers or {}),
+            key=key,
+            where=where,
+        )
+    elif any(x is not None for x in (reason, where, since, until, headers, key)):
+        raise ConfigError("give either select= or the separate criteria, not both", field="select")
+    is_dlq = source.endswith(DLQ_SUFFIX)
+    if not is_dlq and target is None:
+        raise ConfigError(
+            f"{source!r} is not a dead-letter queue: say where its messages go with target=",
+            field="target",
+        )
+    if target is not None and target == source:
+        raise ConfigError("target is the source itself: that would loop forever", field="target")
+    fallback = source.removesuffix(DLQ_SUFFIX)
+
+    def route(record: Record) -> tuple[str, Record] | None:
+        if not select.matches(source, record):
+            return None
+        if is_dlq:
+            original, record = restore_record(record)
+            dest = target or original or fallback
+        else:
+            dest = target or fallback
+        if dest == source:
+            return None  # a dead letter of the DLQ itself: it stays
+        if not dry_run:
+            mq.ensure_topic(dest)  # declared once per client (cached)
+        return dest, record
+
+    return move(
+        mq,
+        source,
+        group=group,
+        route=route,
+        batch_size=batch_size,
+        limit=limit,
+        dry_run=dry_run,
+        idle_timeout=idle_timeout,
+        window=window,
+        on_progress=on_progress,
+        stop=stop,
+    )

@@ -6,6 +6,7 @@ can put the message back exactly as it was sent.
 
 from __future__ import annotations
 
+import time
 from enum import Enum
 
 from mqkit.message import (
@@ -20,10 +21,18 @@ from mqkit.message import (
     Record,
 )
 
-__all__ = ["DLQ_SUFFIX", "Reason", "dead_letter_record", "dlq_topic", "restore_record"]
+__all__ = [
+    "DLQ_SUFFIX",
+    "H_DEAD_LETTERED",
+    "Reason",
+    "dead_letter_record",
+    "dlq_topic",
+    "restore_record",
+]
 
 DLQ_SUFFIX = ".dlq"
 MAX_ERROR_TEXT = 2000
+H_DEAD_LETTERED = "x-mqkit-dlq-at"  # wall-clock time it was dead-lettered (replay --since)
 
 
 class Reason(str, Enum):
@@ -58,6 +67,7 @@ def dead_letter_record(
     headers[DLQ_REASON] = reason.value if isinstance(reason, Reason) else str(reason)
     headers[DLQ_ERROR] = text[:MAX_ERROR_TEXT]
     headers[DLQ_ATTEMPTS] = str(attempts)
+    headers[H_DEAD_LETTERED] = repr(time.time())
     return Record(record.key, record.value, headers)
 
 
@@ -65,6 +75,6 @@ def restore_record(record: Record) -> tuple[str | None, Record]:
     """For replay: the original topic (if recorded) and the record without DLQ headers."""
     headers = dict(record.headers)
     original = headers.get(DLQ_TOPIC)
-    for h in DLQ_HEADERS:
+    for h in (*DLQ_HEADERS, H_DEAD_LETTERED):
         headers.pop(h, None)
     return original, Record(record.key, record.value, headers)
