@@ -21,12 +21,11 @@ from mqkit.cli.common import (
     url_of,
 )
 from mqkit.errors import MQError, PayloadError
-from mqkit.ops import replay as replay_dlq
 from mqkit.policies.deadletter import DLQ_SUFFIX
 from mqkit.registry import resolve
 from mqkit.settings import Settings
 
-__all__ = ["capabilities", "declare", "lag", "replay", "send", "tail"]
+__all__ = ["capabilities", "declare", "send", "tail"]
 
 SUPPORT_STYLE = {Support.NATIVE: "green", Support.EMULATED: "yellow", Support.UNSUPPORTED: "red"}
 
@@ -188,58 +187,3 @@ def capabilities(ctx: typer.Context, url: UrlOption = None) -> None:
     shown = f"{size // 2**20} MiB" if size % 2**20 == 0 else f"{size} bytes"
     table.add_row("max_message_size", shown, "largest message accepted", "")
     out_console().print(table)
-
-
-def lag(
-    ctx: typer.Context,
-    topic: Annotated[str, typer.Argument(help="topic")],
-    group: Annotated[str, typer.Option(help="consumer group")] = "default",
-) -> None:
-    """Backlog of GROUP on TOPIC, per partition."""
-    with session(url_of(ctx)) as mq:
-        stats = mq.stats(topic, group)
-    table = Table(title=f"{topic} / {group}", title_justify="left")
-    for name in ("partition", "backlog", "in flight", "oldest (s)"):
-        table.add_column(name, justify="right")
-
-    def cell(v: float | None) -> str:
-        if v is None:
-            return "?"
-        return f"{v:.1f}" if isinstance(v, float) else str(v)
-
-    for s in stats:
-        table.add_row(cell(s.partition), cell(s.backlog), cell(s.in_flight), cell(s.oldest_age))
-    known = [s.backlog for s in stats if s.backlog is not None]
-    table.add_row("total", str(sum(known)) if known else "?", "", "", style="bold")
-    out_console().print(table)
-
-
-def replay(
-    ctx: typer.Context,
-    source: Annotated[str, typer.Argument(help="dead-letter queue, e.g. orders.dlq (or orders)")],
-    reason: Annotated[
-        str | None, typer.Option(help="only this reason: failed, expired, invalid, rejected")
-    ] = None,
-    target: Annotated[str | None, typer.Option(help="send here instead of the origin")] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="move at most N")] = None,
-    dry_run: Annotated[bool, typer.Option(help="count, move nothing")] = False,
-    timeout: Annotated[float, typer.Option(help="stop after this many idle seconds")] = 2.0,
-) -> None:
-    """Move dead letters back to the topic they came from."""
-    dlq = source if source.endswith(DLQ_SUFFIX) else source + DLQ_SUFFIX
-    with session(url_of(ctx)) as mq:
-        result = replay_dlq(
-            mq,
-            dlq,
-            target=target,
-            reason=reason,
-            limit=limit,
-            dry_run=dry_run,
-            idle_timeout=timeout,
-        )
-    verb = "would move" if dry_run else "moved"
-    where = ", ".join(f"{n} to {t}" for t, n in result.by_target.items()) or "nothing"
-    out_console().print(
-        f"{verb} {result.moved} ({escape(where)}); left {result.skipped} in {escape(dlq)}",
-        soft_wrap=True,
-    )
