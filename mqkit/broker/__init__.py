@@ -1,0 +1,1 @@
+"""The native broker: queue engine, storage, server and client."""
