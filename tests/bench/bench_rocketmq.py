@@ -33,14 +33,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import rocketmq
-
 import mqkit
 from mqkit.policy import Policy
 from mqkit.producer import OutgoingMessage
 
 # mqkit.adapters is the repository's adapters/ folder (a package-dir mapping): imported by
 # name so that mypy, which checks adapters/ as its own package, needs no second path.
+# The driver re-exports its classes lazily; typed as Any so mypy does not depend on how.
+rocketmq: Any = importlib.import_module("rocketmq")
 _admin_module = importlib.import_module("mqkit.adapters.rocketmq.admin")
 _names_module = importlib.import_module("mqkit.adapters.rocketmq.names")
 RemotingAdmin: Any = _admin_module.RemotingAdmin
