@@ -42,7 +42,6 @@ from mqkit.policies.serial_lock import (
     open_serial_lock,
     take,
 )
-from mqkit.policies.ttl import is_expired
 from mqkit.policy import Policy
 
 if TYPE_CHECKING:
@@ -106,7 +105,7 @@ class Consumer:
         self._closed = False
         self._running = threading.Lock()
         self._unsettled = 0
-        self._count_lock = threading.Lock()
+        self._state_lock = threading.Lock()
         self.stats = RunStats()
         self._on_handled: Callable[[Delivery], None] | None = None  # test hook: crash points
 
@@ -118,7 +117,7 @@ class Consumer:
             d.claimed = None
 
     def _done(self) -> None:
-        with self._count_lock:
+        with self._state_lock:
             self._unsettled -= 1
 
     def _settle_ack(self, d: Delivery) -> None:
@@ -162,10 +161,10 @@ class Consumer:
     # -- admission: TTL, dedupe, auto-ack ----------------------------------------
 
     def _admit(self, inbound: Inbound, *, claim: bool) -> Delivery | None:
-        with self._count_lock:
+        with self._state_lock:
             self._unsettled += 1
         d = Delivery(self, inbound, inbound.attempt)
-        if is_expired(inbound.record):
+        if d.message.expired():
             self._dead_letter_safely(d, Reason.EXPIRED, "message expired before it was handled")
             return None
         if claim and self._store is not None:
@@ -257,11 +256,14 @@ class Consumer:
         timers: list[tuple[float, int, Any]] = []
         seq = itertools.count()
         held = 0
+        prefetch = self.policy.prefetch
+        refill_at = max(1, prefetch // 4)
+        closing = self._closing
         settled = 0  # handled, dead-lettered or recognised as duplicates: for max_messages
         last_activity = time.monotonic()
         with self._running:
             try:
-                while not self._closing.is_set():
+                while not closing.is_set():
                     now = time.monotonic()
                     if not self._sub.ready:
                         last_activity = now
@@ -275,10 +277,12 @@ class Consumer:
                         and now - last_activity >= idle_timeout
                     ):
                         break
-                    room = self.policy.prefetch - held
+                    room = prefetch - held
                     if max_messages is not None:
                         room = min(room, max_messages - settled - held)
-                    if room > 0:
+                    # With work in hand, refill only once a quarter of the window is
+                    # free: one fetch per slot would cost a broker call per message.
+                    if room > 0 and (not ready or room >= refill_at):
                         if ready:
                             wait = 0.0
                         else:
@@ -311,20 +315,30 @@ class Consumer:
                         )
                     if not ready:
                         continue
-                    key = ready.popleft()
-                    d = lanes[key][0]
-                    retry_in = self._process(d, invoke)
-                    last_activity = time.monotonic()
-                    if retry_in is None:
-                        lanes[key].popleft()
-                        held -= 1
-                        settled += 1
-                        if lanes[key]:
-                            ready.append(key)
+                    # Work off what is ready in a tight loop, until the window wants a
+                    # refill, a retry falls due, the limit is reached or close() is asked.
+                    while ready:
+                        key = ready.popleft()
+                        lane = lanes[key]
+                        retry_in = self._process(lane[0], invoke)
+                        if retry_in is None:
+                            lane.popleft()
+                            held -= 1
+                            settled += 1
+                            if lane:
+                                ready.append(key)
+                            else:
+                                del lanes[key]
                         else:
-                            del lanes[key]
-                    else:
-                        heapq.heappush(timers, (time.monotonic() + retry_in, next(seq), key))
+                            heapq.heappush(timers, (time.monotonic() + retry_in, next(seq), key))
+                        if (
+                            prefetch - held >= refill_at
+                            or closing.is_set()
+                            or (max_messages is not None and settled >= max_messages)
+                            or (timers and timers[0][0] <= time.monotonic())
+                        ):
+                            break
+                    last_activity = time.monotonic()
             finally:
                 # Give back what we hold but did not finish: redelivered, never lost.
                 # Best effort: if the broker already took them back (this member was

@@ -6,7 +6,6 @@ settling a different way after that raises, because it is always a bug.
 
 from __future__ import annotations
 
-import threading
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -35,7 +34,7 @@ class Reject(Exception):
 class Delivery:
     """``message``, ``attempt`` (1 = first delivery) and the three ways to settle."""
 
-    __slots__ = ("_consumer", "_lock", "attempt", "claimed", "inbound", "message", "state")
+    __slots__ = ("_consumer", "attempt", "claimed", "inbound", "message", "state")
 
     def __init__(self, consumer: Consumer, inbound: Inbound, attempt: int) -> None:
         self._consumer = consumer
@@ -46,10 +45,11 @@ class Delivery:
         self.attempt = attempt
         self.claimed: str | None = None  # token of the dedupe 'processing' marker held
         self.state = Settled.PENDING
-        self._lock = threading.Lock()
 
     def _transition(self, to: Settled) -> bool:
-        with self._lock:
+        # The consumer's lock, not one per delivery: settling is rare to race and a
+        # lock per message costs more than the contention of sharing one.
+        with self._consumer._state_lock:
             if self.state is to:
                 return False
             if self.state is not Settled.PENDING:

@@ -115,22 +115,26 @@ class Message:
         partition: int | None = None,
         offset: int | None = None,
     ) -> Message:
-        user: dict[str, str] = {}
-        for k, v in record.headers.items():
-            if not k.startswith(RESERVED_PREFIX):
-                user[k] = v
-        h = record.headers
+        # Reserved headers are few and known: pop them from a copy rather than test
+        # every header's prefix (this runs once per delivered message).
+        user = dict(record.headers)
+        mid = user.pop(H_ID, "")
+        ts = user.pop(H_TS, "")
+        ct = user.pop(H_CONTENT_TYPE, "bytes")
+        exp = user.pop(H_EXPIRES, "")
+        if user and any(k.startswith(RESERVED_PREFIX) for k in user):
+            user = {k: v for k, v in user.items() if not k.startswith(RESERVED_PREFIX)}
         return cls(
-            id=h.get(H_ID, "") or f"{topic}:{partition}:{offset}",
-            topic=topic,
-            value=record.value,
-            key=record.key,
-            headers=user,
-            timestamp=float(h.get(H_TS, "0") or 0.0),
-            content_type=h.get(H_CONTENT_TYPE, "bytes"),
-            expires_at=record.expires_at,
-            partition=partition,
-            offset=offset,
+            mid or f"{topic}:{partition}:{offset}",
+            topic,
+            record.value,
+            record.key,
+            user,
+            float(ts) if ts else 0.0,
+            ct,
+            float(exp) if exp else None,
+            partition,
+            offset,
         )
 
 

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mqkit.codecs import encode
 from mqkit.errors import Closed, ConfigError, MessageTooLarge
-from mqkit.message import RESERVED_PREFIX, Message, Receipt, Record
+from mqkit.message import H_CONTENT_TYPE, H_EXPIRES, H_ID, H_TS, RESERVED_PREFIX, Receipt, Record
 from mqkit.policies.confirm import receipts_or_raise
-from mqkit.policies.ttl import expires_at
 from mqkit.policy import Policy
 
 if TYPE_CHECKING:
@@ -22,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OutgoingMessage", "Producer", "check_topic"]
 
+_RESERVED_NAMES = len(H_ID) + len(H_TS) + len(H_CONTENT_TYPE)
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 
 
@@ -89,18 +89,16 @@ class Producer:
         check_topic(topic)
         if delay is not None and (_not_seconds(delay) or delay < 0):
             raise ConfigError(f"must be seconds >= 0, got {delay!r}", field="delay")
-        records = [self._record(m) for m in messages]
-        if not records:
+        items = list(messages)
+        if not items:
             return []
+        # One urandom call per batch: ids as random as uuid4's, a fraction of the cost.
+        ids = os.urandom(16 * len(items)).hex()
         limit = self._client.max_message_size
-        for r in records:
-            if r.size() > limit:
-                raise MessageTooLarge(
-                    f"message {r.id} is {r.size()} bytes; the {self._client.scheme} backend "
-                    f"accepts at most {limit} (raise max_message_size, or store the payload "
-                    "elsewhere and send a reference)",
-                    field="value",
-                )
+        now = time.time()
+        records = [
+            self._record(m, ids[32 * i : 32 * i + 32], now, limit) for i, m in enumerate(items)
+        ]
         self._client.ensure_topic(topic)
         outcomes = self._client.adapter.publish(
             topic,
@@ -111,45 +109,64 @@ class Producer:
         )
         return receipts_or_raise(topic, [r.id for r in records], outcomes)
 
-    def _record(self, m: OutgoingMessage | Any) -> Record:
+    def _record(self, m: OutgoingMessage | Any, fresh_id: str, now: float, limit: int) -> Record:
+        """The wire record of one message (validated, reserved headers stamped, size checked)."""
         if not isinstance(m, OutgoingMessage):
             m = OutgoingMessage(m)
         value, content_type = encode(m.value)
-        if m.key is not None and not isinstance(m.key, str):
-            raise ConfigError(f"must be a str or None, got {type(m.key).__name__}", field="key")
-        if m.headers is not None and not isinstance(m.headers, Mapping):
+        key = m.key
+        if key is not None and not isinstance(key, str):
+            raise ConfigError(f"must be a str or None, got {type(key).__name__}", field="key")
+        headers: dict[str, str] = {}
+        size = len(value) + (len(key) if key else 0)
+        if m.headers:
+            if not isinstance(m.headers, Mapping):
+                raise ConfigError(
+                    f"must be a dict of str to str, got {type(m.headers).__name__}",
+                    field="headers",
+                )
+            for k, v in m.headers.items():
+                if not isinstance(k, str) or not isinstance(v, str):
+                    raise ConfigError(
+                        f"headers must map str to str; {k!r}: {v!r} is not "
+                        "(convert values with str())",
+                        field="headers",
+                    )
+                if k.startswith(RESERVED_PREFIX):
+                    raise ConfigError(
+                        f"{k!r} uses the reserved prefix {RESERVED_PREFIX!r}", field="headers"
+                    )
+                headers[k] = v
+                size += len(k) + len(v)
+        elif m.headers is not None and not isinstance(m.headers, Mapping):
             raise ConfigError(
                 f"must be a dict of str to str, got {type(m.headers).__name__}", field="headers"
             )
-        headers: dict[str, str] = {}
-        for k, v in (m.headers or {}).items():
-            if not isinstance(k, str) or not isinstance(v, str):
-                raise ConfigError(
-                    f"headers must map str to str; {k!r}: {v!r} is not (convert values with str())",
-                    field="headers",
-                )
-            if k.startswith(RESERVED_PREFIX):
-                raise ConfigError(
-                    f"{k!r} uses the reserved prefix {RESERVED_PREFIX!r}", field="headers"
-                )
-            headers[k] = v
-        if m.id is not None and (not isinstance(m.id, str) or not m.id or len(m.id) > 256):
+        mid = m.id
+        if mid is None:
+            mid = fresh_id
+        elif not isinstance(mid, str) or not mid or len(mid) > 256:
             raise ConfigError("must be a non-empty str of at most 256 characters", field="id")
         ttl = m.ttl if m.ttl is not None else self.policy.ttl
         if ttl is not None and (_not_seconds(ttl) or ttl <= 0):
             raise ConfigError(f"must be seconds > 0, got {ttl!r}", field="ttl")
-        now = time.time()
-        msg = Message(
-            id=m.id or uuid.uuid4().hex,
-            topic="",
-            value=value,
-            key=m.key,
-            headers=headers,
-            timestamp=now,
-            content_type=content_type,
-            expires_at=expires_at(ttl, now),
-        )
-        return msg.to_record()
+        ts = repr(now)
+        headers[H_ID] = mid
+        headers[H_TS] = ts
+        headers[H_CONTENT_TYPE] = content_type
+        size += _RESERVED_NAMES + len(mid) + len(ts) + len(content_type)
+        if ttl is not None:
+            exp = repr(now + ttl)
+            headers[H_EXPIRES] = exp
+            size += len(H_EXPIRES) + len(exp)
+        if size > limit:
+            raise MessageTooLarge(
+                f"message {mid} is {size} bytes; the {self._client.scheme} backend "
+                f"accepts at most {limit} (raise max_message_size, or store the payload "
+                "elsewhere and send a reference)",
+                field="value",
+            )
+        return Record(key, value, headers)
 
     def close(self) -> None:
         self._closed = True

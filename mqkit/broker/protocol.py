@@ -311,6 +311,61 @@ class _Reader:
         p = self._take(n)
         return Record(key, buf[p : p + n], headers)
 
+    def records(self, n: int) -> list[Record]:
+        """``n`` records, as :meth:`record` reads them, in one tight loop.
+
+        The PUBLISH and FETCH hot path: the per-field method calls of
+        :meth:`record` cost more than the decoding itself.
+        """
+        buf = self.buf
+        end = self.end
+        p = self.pos
+        keyhdr = _KEYHDR.unpack_from
+        u16 = _U16.unpack_from
+        u32 = _U32.unpack_from
+        out: list[Record] = []
+        append = out.append
+        try:
+            for _ in range(n):
+                if end - p < 6:
+                    raise ProtocolError(f"payload truncated: a record header needed at {p}")
+                klen, nh = keyhdr(buf, p)
+                p += 6
+                key: str | None = None
+                if klen >= 0:
+                    if end - p < klen:
+                        raise ProtocolError(f"payload truncated: key of {klen} bytes at {p}")
+                    key = buf[p : p + klen].decode()
+                    p += klen
+                elif klen != -1:
+                    raise ProtocolError(f"key length {klen} is invalid")
+                if nh * 6 > end - p:
+                    raise ProtocolError(f"header count {nh} exceeds the payload")
+                headers: dict[str, str] = {}
+                for _ in range(nh):
+                    (kn,) = u16(buf, p)
+                    p += 2
+                    name = buf[p : p + kn].decode()
+                    p += kn
+                    (vn,) = u32(buf, p)
+                    p += 4
+                    headers[name] = buf[p : p + vn].decode()
+                    p += vn
+                    if p > end:
+                        raise ProtocolError("payload truncated inside a header")
+                (vn,) = u32(buf, p)
+                p += 4
+                if end - p < vn:
+                    raise ProtocolError(f"payload truncated: value of {vn} bytes at {p}")
+                append(Record(key, buf[p : p + vn], headers))
+                p += vn
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"invalid UTF-8 in a string: {exc}") from None
+        except struct.error as exc:
+            raise ProtocolError(f"payload truncated: {exc}") from None
+        self.pos = p
+        return out
+
     def done(self) -> None:
         if self.pos != self.end:
             raise ProtocolError(f"{self.end - self.pos} unexpected bytes after the payload")
@@ -515,7 +570,7 @@ def _decode_request(op: int, r: _Reader) -> Request:
         topic = r.str16()
         durable = bool(r.u8() & 1)
         n = r.count(10)
-        return Publish(topic, [r.record() for _ in range(n)], durable)
+        return Publish(topic, r.records(n), durable)
     if op == Op.FETCH:
         return Fetch(r.str16(), r.u32(), r.finite("fetch timeout"))
     if op == Op.ACK:

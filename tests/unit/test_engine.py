@@ -291,8 +291,15 @@ def test_keys_map_to_stable_partitions_and_no_key_spreads(engine: Engine) -> Non
     placed = engine.publish("t", [rec(str(i), "same") for i in range(10)], durable=False)
     assert len({p for p, _ in placed}) == 1
     assert [o for _, o in placed] == list(range(10))
-    spread = engine.publish("t", [rec(str(i)) for i in range(8)], durable=False)
-    assert {p for p, _ in spread} == {0, 1, 2, 3}
+    # Keyless: one partition per call (one append, one fsync), the next call the next one.
+    calls = [
+        engine.publish("t", [rec(f"{c}.{i}") for i in range(5)], durable=False) for c in range(4)
+    ]
+    assert all(len({p for p, _ in placed}) == 1 for placed in calls)
+    assert {placed[0][0] for placed in calls} == {0, 1, 2, 3}
+    # Keys and no keys in one call: keyed ones still follow their key.
+    mixed = engine.publish("t", [rec("a", "same"), rec("b"), rec("c", "same")], durable=False)
+    assert mixed[0][0] == mixed[2][0] == placed[0][0]
 
 
 def test_delete_topic(engine: Engine) -> None:
