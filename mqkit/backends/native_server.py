@@ -25,6 +25,7 @@ Limits
 from __future__ import annotations
 
 import contextlib
+import logging
 import ssl
 import time
 import warnings
@@ -34,12 +35,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mqkit.adapter import Adapter, Inbound, PublishOutcome, Subscription, TopicStats
 from mqkit.broker import protocol as wire
-from mqkit.broker.client import BrokerClient
+from mqkit.broker.client import BrokerClient, Pending
 from mqkit.capabilities import Capabilities, Support
 from mqkit.errors import Closed, ConfigError, ConnectionLost, MessageTooLarge, MQError
 from mqkit.message import H_DELIVER_AT, Receipt, Record
 
 __all__ = ["NativeServerAdapter", "ServerOptions", "ServerSubscription"]
+
+log = logging.getLogger("mqkit.backends.native_server")
 
 DEFAULT_PORT = 7600
 _OPTIONS = (
@@ -75,6 +78,13 @@ class ServerSubscription(Subscription):
     ``generation``) it joins again; deliveries fetched before are then back
     with the group, so their nack is moot and their ack is sent through the
     new membership (the work was done: settle it rather than redo it).
+
+    Acks do not wait for a round trip each: an ack is written at once when no
+    ack request is in flight, else it joins the next one, sent when that reply
+    is in (or before the next fetch, nack, heartbeat or close).  So acks reach
+    the broker as soon as one round trip allows, in batches under load.  A
+    failed ack request raises from the next call of this subscription (the
+    broker keeps those messages unacked: they are redelivered, never lost).
     """
 
     def __init__(
@@ -94,6 +104,8 @@ class ServerSubscription(Subscription):
         self._closed = False
         self._member = ""
         self._generation = -1
+        self._acks: list[tuple[int, int]] = []  # not yet sent
+        self._acking: list[Pending] = []  # ack requests in flight
         self._join()
 
     def _join(self) -> str:
@@ -111,6 +123,8 @@ class ServerSubscription(Subscription):
     def fetch(self, max_count: int, timeout: float) -> list[Inbound]:
         if self._closed:
             raise Closed("this subscription is closed")
+        self._reap_acks(block=False)
+        self._send_acks()  # before the fetch: the broker frees those prefetch slots first
         member = self._current()
         req = wire.Fetch(member, max_count, timeout)
         try:
@@ -137,25 +151,66 @@ class ServerSubscription(Subscription):
 
     def ack(self, inbound: Inbound) -> None:
         _, p, o = inbound.handle
-        self._client.call(wire.Ack(self._current(), ((p, o),)))
+        self._acks.append((p, o))
+        self._reap_acks(block=False)
+        if not self._acking:
+            self._send_acks()
 
     def ack_many(self, inbounds: Sequence[Inbound]) -> None:
-        if inbounds:
-            items = tuple((p, o) for _, p, o in (i.handle for i in inbounds))
-            self._client.call(wire.Ack(self._current(), items))
+        self._acks.extend((p, o) for _, p, o in (i.handle for i in inbounds))
+        self._reap_acks(block=False)
+        if not self._acking:
+            self._send_acks()
+
+    def flush_acks(self) -> None:
+        """Send every pending ack and wait for the broker to have applied them."""
+        self._send_acks()
+        self._reap_acks(block=True)
+
+    def _send_acks(self) -> None:
+        if self._acks:
+            items, self._acks = tuple(self._acks), []
+            try:
+                self._acking.append(self._client.submit(wire.Ack(self._current(), items)))
+            except BaseException:
+                self._acks[:0] = items  # not sent: they stay pending
+                raise
+
+    def _reap_acks(self, *, block: bool) -> None:
+        """Collect finished ack requests; the first failure is raised (after reaping all)."""
+        error: BaseException | None = None
+        while self._acking:
+            conn, rid, call = self._acking[0]
+            if not block and not call.event.is_set():
+                break
+            self._acking.pop(0)
+            try:
+                self._client.wait(conn, rid, call)
+            except BaseException as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def nack(self, inbound: Inbound, *, delay: float = 0.0) -> None:
+        self.flush_acks()
         gen, p, o = inbound.handle
         if gen != self._client.generation:
             return  # that connection's leases were released: it is redelivered already
         self._client.call(wire.Nack(self._member, ((p, o),), float(delay)))
 
     def heartbeat(self) -> None:
+        self.flush_acks()
         self._client.call(wire.Heartbeat(self._current()))
 
     def close(self) -> None:
         if self._closed:
             return
+        try:
+            self.flush_acks()
+        except (ConnectionLost, Closed) as exc:
+            # The broker released this member's leases with the connection: those
+            # messages are redelivered (handled twice unless dedupe is on), not lost.
+            log.warning("acks of %s/%s not applied, redelivered: %s", self._topic, self._group, exc)
         self._closed = True
         if self._generation != self._client.generation:
             return  # the broker dropped this membership with the old connection

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from mqkit.broker import protocol as wire
 from mqkit.errors import Closed, ConfigError, ConnectionLost, MQError
 
-__all__ = ["BrokerClient", "Reply"]
+__all__ = ["BrokerClient", "Pending", "Reply"]
 
 log = logging.getLogger("mqkit.broker.client")
 
@@ -55,6 +55,9 @@ class _Call:
         self.event = threading.Event()
         self.parts: list[bytes] = []
         self.error: BaseException | None = None
+
+
+Pending = tuple["_Conn", int, _Call]  # a submitted request: pass it to BrokerClient.wait
 
 
 class _Plain:
@@ -310,7 +313,7 @@ class BrokerClient:
         conn, rid, c = self.submit(req)
         return self.wait(conn, rid, c, timeout)
 
-    def submit(self, req: wire.Request) -> tuple[_Conn, int, _Call]:
+    def submit(self, req: wire.Request) -> Pending:
         """Send without waiting (pipelining); pass the result to :meth:`wait`."""
         op, payload = wire.encode_request(req)
         if len(payload) + 5 > self.max_frame:

@@ -249,6 +249,35 @@ def test_a_connection_cannot_act_for_another_connections_member(broker: BrokerPr
         b.close()
 
 
+def test_pipelined_acks_are_applied_and_a_failed_one_is_raised(broker: BrokerProcess) -> None:
+    """Acks do not wait a round trip each, but they land, and a refused one is not hidden."""
+    with mqkit.connect(broker.url()) as mq:
+        mq.declare("ack-t", partitions=2, groups=["g"])
+        mq.producer().send_many("ack-t", [f"m{i}".encode() for i in range(50)])
+        sub = mq.adapter.subscribe("ack-t", "g", prefetch=100, ordered=False)
+        got = sub.fetch(100, 2.0)
+        assert len(got) == 50
+        for inbound in got[:40]:
+            sub.ack(inbound)
+        sub.flush_acks()  # type: ignore[attr-defined]
+        stats = mq.adapter.stats("ack-t", "g")
+        assert sum(s.in_flight or 0 for s in stats) == 10
+        assert sum(s.backlog or 0 for s in stats) == 10
+        # The member leaves behind the subscription's back: its next acks are refused
+        # by the broker, and that failure comes out of the subscription's next call.
+        mq.adapter._client.call(wire.Leave(sub._member))  # type: ignore[attr-defined]
+        for inbound in got[40:]:
+            sub.ack(inbound)
+        with pytest.raises(Closed, match="not a member"):
+            sub.flush_acks()  # type: ignore[attr-defined]
+        sub.close()
+        # Nothing was lost: the ten whose acks were refused are redelivered.
+        c = mq.consumer("ack-t", group="g")
+        again = [d.message.value for d in c.iter(timeout=2)]
+        c.close()
+        assert sorted(again) == sorted(i.record.value for i in got[40:])
+
+
 def test_bad_names_are_config_errors(broker: BrokerProcess) -> None:
     a = _client(broker)
     try:
