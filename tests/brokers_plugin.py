@@ -10,7 +10,11 @@ Load it with ``pytest -p tests.brokers_plugin`` or, in tests/conftest.py,
   under CI and is SKIPPED elsewhere, with the command that starts it
   (``docker/brokers up kafka``).
 - Fixtures: ``broker_urls`` (broker name -> URL) and ``broker_control`` (kill9 / restart /
-  wait_ready / up / down through docker/brokers, for fault tests).
+  wait_ready / up / down through docker/brokers, for fault tests); ``ControlledBroker``
+  gives the conformance and fault suites their broker hooks from them.
+- At the end, a non-daemon thread still running (a driver's, of a client a failed test did
+  not close) is named with its stack and the process exits anyway, with a failing status:
+  a CI job reports instead of hanging.
 
 Standard library only (plus pytest); versions, ports and URLs come from docker/versions.json.
 """
@@ -22,6 +26,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +131,32 @@ class BrokerControl:
         return broker_url(name)
 
 
+class ControlledBroker:
+    """The broker hooks of the conformance and fault suites for a broker of docker/brokers.
+
+    Mix it in before the suite: ``class TestKafkaFaults(ControlledBroker, FaultSuite)``
+    with ``broker = "kafka"``.
+    """
+
+    broker: str = ""
+
+    @pytest.fixture(autouse=True)
+    def _controlled_broker(
+        self, broker_urls: dict[str, str], broker_control: BrokerControl
+    ) -> None:
+        self._url = broker_urls[self.broker]
+        self._control = broker_control
+
+    def make_url(self) -> str:
+        return self._url
+
+    def kill_broker(self) -> None:
+        self._control.kill9(self.broker)
+
+    def restart_broker(self) -> None:
+        self._control.restart(self.broker)
+
+
 # ----------------------------------------------------------------------------- hooks
 
 
@@ -153,6 +186,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 _STARTED = pytest.StashKey[list[str]]()
+_EXIT_STATUS = pytest.StashKey[int]()
+#: seconds lingering non-daemon threads get to end after the session
+THREAD_GRACE = 30.0
 _UP_OUTPUT = pytest.StashKey[str]()
 
 
@@ -192,9 +228,40 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
+    config.stash[_EXIT_STATUS] = int(exitstatus)
     started = config.stash.get(_STARTED, [])
     if started and not config.getoption("--brokers-keep"):
         run_runner("down", *started)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Never let a driver's leftover non-daemon thread keep the test process alive.
+
+    Python waits for every non-daemon thread before it exits; one a failed test left
+    behind (a gRPC or I/O loop of a client nobody closed) would hang a CI job forever
+    instead of letting it report.  After a grace period such threads are named, with
+    their stacks, on stderr and the process exits at once, with a failing status.
+    """
+    lingering = [
+        t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon
+    ]
+    deadline = time.monotonic() + THREAD_GRACE
+    for t in lingering:
+        t.join(max(0.0, deadline - time.monotonic()))
+    lingering = [t for t in lingering if t.is_alive()]
+    if not lingering:
+        return
+    frames = sys._current_frames()
+    lines = [f"brokers: {len(lingering)} non-daemon thread(s) still running; exiting anyway:"]
+    for t in lingering:
+        frame = frames.get(t.ident) if t.ident is not None else None
+        stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
+        lines.append(f"--- {t.name}\n{stack}")
+    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(config.stash.get(_EXIT_STATUS, 0) or 1)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -71,6 +71,9 @@ MEMORY_CAPABILITIES = Capabilities(
 )
 
 
+_Ack = tuple[int, int, int]  # (connection generation, partition, offset): an Inbound's handle
+
+
 class ServerSubscription(Subscription):
     """A group member on the server; mirrors the in-process EngineSubscription.
 
@@ -82,9 +85,11 @@ class ServerSubscription(Subscription):
     Acks do not wait for a round trip each: an ack is written at once when no
     ack request is in flight, else it joins the next one, sent when that reply
     is in (or before the next fetch, nack, heartbeat or close).  So acks reach
-    the broker as soon as one round trip allows, in batches under load.  A
-    failed ack request raises from the next call of this subscription (the
-    broker keeps those messages unacked: they are redelivered, never lost).
+    the broker as soon as one round trip allows, in batches under load.  Acks
+    caught by a lost connection are sent again after the reconnect, like any
+    ack of an earlier generation; any other failed ack request raises from the
+    next call of this subscription (the broker keeps those messages unacked:
+    they are redelivered, never lost).
     """
 
     def __init__(
@@ -104,8 +109,8 @@ class ServerSubscription(Subscription):
         self._closed = False
         self._member = ""
         self._generation = -1
-        self._acks: list[tuple[int, int]] = []  # not yet sent
-        self._acking: list[Pending] = []  # ack requests in flight
+        self._acks: list[_Ack] = []  # not yet sent
+        self._acking: list[tuple[Pending, tuple[_Ack, ...], bool]] = []  # in flight
         self._join()
 
     def _join(self) -> str:
@@ -150,42 +155,72 @@ class ServerSubscription(Subscription):
         return out
 
     def ack(self, inbound: Inbound) -> None:
-        _, p, o = inbound.handle
-        self._acks.append((p, o))
-        self._reap_acks(block=False)
-        if not self._acking:
-            self._send_acks()
+        self._acks.append(inbound.handle)
+        self._pump_acks()
 
     def ack_many(self, inbounds: Sequence[Inbound]) -> None:
-        self._acks.extend((p, o) for _, p, o in (i.handle for i in inbounds))
+        self._acks.extend(i.handle for i in inbounds)
+        self._pump_acks()
+
+    def _pump_acks(self) -> None:
         self._reap_acks(block=False)
         if not self._acking:
-            self._send_acks()
+            try:
+                self._send_acks()
+            except ConnectionLost as exc:
+                # Kept, not dropped: the next fetch reconnects (or fails run() with
+                # this error) and sends them through the new membership.
+                log.debug("acks of %s/%s wait for the reconnect: %s", self._topic, self._group, exc)
 
     def flush_acks(self) -> None:
         """Send every pending ack and wait for the broker to have applied them."""
-        self._send_acks()
-        self._reap_acks(block=True)
+        for _ in range(2):  # a second round for acks caught by a lost connection
+            self._send_acks()
+            self._reap_acks(block=True)
+            if not self._acks:
+                return
 
     def _send_acks(self) -> None:
-        if self._acks:
-            items, self._acks = tuple(self._acks), []
-            try:
-                self._acking.append(self._client.submit(wire.Ack(self._current(), items)))
-            except BaseException:
-                self._acks[:0] = items  # not sent: they stay pending
-                raise
+        if not self._acks:
+            return
+        items, self._acks = tuple(self._acks), []
+        try:
+            member = self._current()
+            gen = self._generation
+            fresh = tuple(a for a in items if a[0] == gen)
+            if fresh:
+                req = wire.Ack(member, tuple((p, o) for _, p, o in fresh))
+                self._acking.append((self._client.submit(req), fresh, False))
+            # Acks from before a reconnect go one per request, and a refusal is fine:
+            # after a broker restart it may not know the delivery any more (it then
+            # redelivers the message), and one refused item must not stop the others.
+            for a in items:
+                if a[0] != gen:
+                    req = wire.Ack(member, ((a[1], a[2]),))
+                    self._acking.append((self._client.submit(req), (a,), True))
+        except BaseException:
+            sent = {a for _, batch, _ in self._acking for a in batch}
+            self._acks[:0] = [a for a in items if a not in sent]  # not sent: still pending
+            raise
 
     def _reap_acks(self, *, block: bool) -> None:
         """Collect finished ack requests; the first failure is raised (after reaping all)."""
         error: BaseException | None = None
         while self._acking:
-            conn, rid, call = self._acking[0]
+            (conn, rid, call), items, stale = self._acking[0]
             if not block and not call.event.is_set():
                 break
             self._acking.pop(0)
             try:
                 self._client.wait(conn, rid, call)
+            except ConnectionLost:
+                # The work was done: ack it again through the next membership.
+                self._acks.extend(items)
+            except ConfigError as exc:
+                if not stale:
+                    error = error or exc
+                else:
+                    log.info("ack of %s after a reconnect refused (redelivered): %s", items, exc)
             except BaseException as exc:
                 error = error or exc
         if error is not None:

@@ -1,45 +1,28 @@
-"""Fault tests against the real RocketMQ 5.3: kill -9 the proxy+broker, kill -9 a consumer.
+"""The fault suite (mqkit.testing.faults) against the real RocketMQ 5.3 proxy and broker.
 
-1. A producer process sends confirmed batches (SendReceipt; the broker flushes with
-   SYNC_FLUSH) while the proxy JVM -- the broker runs inside it -- and namesrv are killed
-   with SIGKILL and restarted.  Every message whose send returned (confirmed) must be
-   in the topic afterwards: lost = 0.  Sends that failed while the broker was down are
-   allowed (the producer was told); after the restart the same producer process must
-   get receipts again, and a consumer that ran through the fault must have resumed by
-   itself (the restarted proxy has forgotten its settings: the adapter replaces its
-   SimpleConsumer).
-2. Consumer processes with Redis dedupe are killed with SIGKILL in the middle of a
-   prefetched batch: one inside its handler (before the effect), one after its handler
-   finished and wrote ``done`` but before the ack.  Their messages come back when their
-   leases end (``invisible_time=3``, plus RocketMQ's ~3 s revive) and dedupe must absorb
-   the one that was handled.  A last process finishes the work.  Effects go to a Redis
-   list (outside the killed processes): every message's effect is there exactly once --
-   lost = 0, handled twice = 0.
+The broker kill is a SIGKILL of the proxy JVM (the broker runs inside it) and of
+namesrv; producers get a SendReceipt after a SYNC_FLUSH.  The restarted proxy has
+forgotten its settings: the adapter replaces the live consumer's SimpleConsumer.
+A killed consumer's messages come back when their leases end (``invisible_time=3``,
+plus RocketMQ's ~3 s revive), so the consumers wait longer before calling it done.
 
-The child processes are this module run as a script (``python -m
-tests.fault.test_rocketmq_fault producer|consumer ...``).
+``test_a_refused_restart_fails_the_test_and_pytest_exits``: the last CI run hung
+after ``docker/brokers restart rocketmq`` was refused -- the test failed, but the
+live RocketMQ client's threads kept pytest from exiting.  It runs the broker-kill
+test in a child pytest whose hooks refuse the restart, and asserts that the child
+reports the failure and exits by itself.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import signal
 import subprocess
 import sys
-import threading
-import time
-import uuid
-from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-import mqkit
-from mqkit.errors import PublishError
-from mqkit.policy import Policy
-from mqkit.producer import OutgoingMessage
+from mqkit.testing.faults import FaultSuite
+from tests.brokers_plugin import BrokerControlError, ControlledBroker
 
 pytestmark = [
     pytest.mark.fault,
@@ -50,226 +33,51 @@ pytestmark = [
 ]
 
 REPO = Path(__file__).resolve().parents[2]
-BATCH = 100
-# A consumer killed with messages in hand: they come back 3 s after its last renewal.
-CONSUMER_QUERY = "invisible_time=3"
+REFUSED = "docker/brokers restart rocketmq failed (1): refused (simulated)"
 
 
-# -- child processes ---------------------------------------------------------------------
+class TestRocketMQFaults(ControlledBroker, FaultSuite):
+    broker = "rocketmq"
+    recover_timeout = catch_up_timeout = 180.0
+    consumer_query = "invisible_time=3"
+    consumer_idle = 12.0
+    drain_idle = 8.0
 
 
-def producer_main(url: str, topic: str, out: Path, stop: Path) -> None:
-    """Send batches until ``stop`` exists; log confirmed / failed ids (one per line)."""
-    mq = mqkit.connect(url, connect_timeout=5.0)
-    producer = mq.producer(Policy(confirm=True, persistent=True))
-    n = 0
-    with (out / "confirmed").open("a") as ok, (out / "failed").open("a") as bad:
-        while not stop.exists():
-            batch = [OutgoingMessage(b"x" * 512, id=f"m{n + i}") for i in range(BATCH)]
-            n += BATCH
-            try:
-                for r in producer.send_many(topic, batch):
-                    ok.write(f"{r.id}\n")
-            except PublishError as exc:
-                for r in exc.receipts:
-                    ok.write(f"{r.id}\n")
-                for _, mid, _ in exc.failed:
-                    bad.write(f"{mid}\n")
-                time.sleep(0.2)
-            ok.flush()
-            bad.flush()
-    mq.close()
+class RefusedRestart(TestRocketMQFaults):
+    """Run only by the test below, in a child pytest: the broker is never really killed."""
+
+    __test__ = False
+    confirms_before_kill = (500, 500)
+
+    def kill_broker(self) -> None:
+        """The shared broker stays up: only the refused restart is simulated."""
+
+    def restart_broker(self) -> None:
+        raise BrokerControlError(REFUSED)
 
 
-def consumer_main(url: str, topic: str, redis_url: str, effects: str, kill: str, at: int) -> None:
-    """Handle messages (effect: RPUSH id); SIGKILL ourselves at message ``at`` if asked."""
-    import redis
-
-    store = redis.Redis.from_url(redis_url)
-    mq = mqkit.connect(f"{url}?{CONSUMER_QUERY}")
-    policy = Policy(dedupe=redis_url, processing_timeout=2.0, prefetch=50, backoff=(0.05, 2, 0.2))
-    consumer = mq.consumer(topic, group="g", policy=policy)
-    count = 0
-
-    def handler(message: Any) -> None:
-        nonlocal count
-        count += 1
-        if kill == "mid-handler" and count == at:
-            os.kill(os.getpid(), signal.SIGKILL)  # dies before its effect, batch in hand
-        time.sleep(0.002)
-        store.rpush(effects, message.id)
-
-    def after_handled(_delivery: Any) -> None:
-        if kill == "before-ack" and count == at:
-            os.kill(os.getpid(), signal.SIGKILL)  # effect and 'done' written, no ack
-
-    consumer._on_handled = after_handled
-    # long enough for the killed predecessor's messages to come back (lease + revive)
-    stats = consumer.run(handler, idle_timeout=12.0)
-    print(f"handled {stats.handled} duplicates {stats.duplicates}", flush=True)
-    mq.close()
-
-
-def spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.fault.test_rocketmq_fault", *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+def test_a_refused_restart_fails_the_test_and_pytest_exits(tmp_path: Path) -> None:
+    case = tmp_path / "test_refused_restart.py"
+    case.write_text(
+        "from tests.fault.test_rocketmq_fault import RefusedRestart\n\n\n"
+        "class TestRefusedRestart(RefusedRestart):\n"
+        "    __test__ = True\n"
     )
-
-
-# -- helpers -----------------------------------------------------------------------------
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().split() if path.exists() else []
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
-
-
-def drain_ids(url: str, topic: str, group: str, idle: float = 8.0) -> list[str]:
-    """Every id the group has not acked yet; then delete the topic."""
-    mq = mqkit.connect(url)
-    found: list[str] = []
+    cmd = [sys.executable, "-m", "pytest", "-p", "tests.brokers_plugin", "-p", "no:cacheprovider"]
+    cmd += ["-q", "--rootdir", str(tmp_path), "-k", "kill9", str(case)]
     try:
-        consumer = mq.consumer(topic, group=group, policy=Policy(prefetch=500))
-        for d in consumer.iter(timeout=idle):
-            found.append(d.message.id)
-            d.ack()
-        consumer.close()
-        mq.adapter.delete_topic(topic)
-        mq.adapter.delete_topic(f"{topic}.dlq")
-    finally:
-        mq.close()
-    return found
-
-
-@pytest.fixture
-def redis_url(broker_urls: dict[str, str]) -> str:
-    return os.environ.get("MQKIT_REDIS_URL") or broker_urls["redis"]
-
-
-# -- the tests ---------------------------------------------------------------------------
-
-
-def test_kill9_broker_while_producing_loses_no_confirmed_message(
-    broker_urls: dict[str, str], broker_control: Any, tmp_path: Path
-) -> None:
-    url = broker_urls["rocketmq"]
-    topic = f"fault-{uuid.uuid4().hex[:8]}"
-    mq = mqkit.connect(url)
-    mq.declare(topic, partitions=4, groups=["stored", "live"])
-    # group "live" is consumed during the fault: the consumer must resume by itself
-    live = mq.consumer(topic, group="live", policy=Policy(prefetch=200))
-    handled: list[str] = []
-    at_restart = [0]
-    worker = threading.Thread(target=live.run, args=(lambda m: handled.append(m.id),))
-    worker.start()
-    stop = tmp_path / "stop"
-    child = spawn("producer", url, topic, str(tmp_path), str(stop))
-    try:
-        wait_for(lambda: len(lines(tmp_path / "confirmed")) >= 3000, 120, "3000 confirms")
-        broker_control.kill9("rocketmq")
-        before = len(lines(tmp_path / "confirmed"))
-        broker_control.restart("rocketmq")
-        at_restart[0] = len(handled)
-        wait_for(
-            lambda: len(lines(tmp_path / "confirmed")) >= before + 2000,
-            180,
-            "confirms again after the restart (the producer must reconnect)",
+        done = subprocess.run(
+            cmd, cwd=REPO, capture_output=True, text=True, timeout=400, check=False
         )
-    finally:
-        stop.touch()
-        output, _ = child.communicate(timeout=120)
-    assert child.returncode == 0, output
-    confirmed = lines(tmp_path / "confirmed")
-    failed = lines(tmp_path / "failed")
-    wait_for(lambda: set(confirmed) <= set(handled), 180, "the live consumer to catch up")
-    live.close()
-    worker.join(30)
-    mq.close()
-    stored = drain_ids(url, topic, "stored")
-    lost = set(confirmed) - set(stored)
-    print(
-        f"\nconfirmed {len(confirmed)} (after the restart {len(confirmed) - before}), "
-        f"failed while down {len(failed)}; found in the topic {len(stored)} "
-        f"({len(set(stored))} distinct), lost {len(lost)}; live consumer handled "
-        f"{len(handled)} ({len(set(handled))} distinct, {len(handled) - at_restart[0]} after "
-        "the restart)"
-    )
-    assert not lost, f"{len(lost)} confirmed messages lost, e.g. {sorted(lost)[:5]}"
-    assert len(confirmed) == len(set(confirmed))
-    assert not set(failed) & set(confirmed)
-    assert len(handled) > at_restart[0], "the live consumer did not resume after the restart"
-
-
-def test_consumer_killed_mid_batch_with_redis_dedupe_loses_and_repeats_nothing(
-    broker_urls: dict[str, str], redis_url: str
-) -> None:
-    import redis
-
-    url = broker_urls["rocketmq"]
-    topic = f"fault-{uuid.uuid4().hex[:8]}"
-    effects = f"mqkit:test:effects:{topic}"
-    n = 400
-    with mqkit.connect(url) as mq:
-        mq.declare(topic, partitions=4, groups=["g"])
-        mq.producer().send_many(topic, [OutgoingMessage(b"work", id=f"w{i}") for i in range(n)])
-    store = redis.Redis.from_url(redis_url)
-    try:
-        runs = []
-        for kill, at in (("mid-handler", 80), ("before-ack", 80), ("none", 0)):
-            child = spawn("consumer", url, topic, redis_url, effects, kill, str(at))
-            output, _ = child.communicate(timeout=180)
-            runs.append((kill, child.returncode, output.strip().splitlines()[-1:]))
-            expected = 0 if kill == "none" else -signal.SIGKILL
-            assert child.returncode == expected, f"{kill}: exit {child.returncode}\n{output}"
-        handled = [x.decode() for x in store.lrange(effects, 0, -1)]  # type: ignore[union-attr]
-    finally:
-        store.delete(effects)
-        store.close()
-    counts = Counter(handled)
-    lost = {f"w{i}" for i in range(n)} - set(counts)
-    twice = {k: v for k, v in counts.items() if v > 1}
-    print(
-        f"\nconsumer runs {runs}: messages {n}, effects {len(handled)}, distinct "
-        f"{len(counts)}, lost {len(lost)}, handled twice {len(twice)}"
-    )
-    leftover = drain_ids(url, topic, "g")
-    assert not lost, f"lost: {sorted(lost)[:10]}"
-    assert not twice, f"handled more than once: {twice}"
-    assert leftover == [], f"{len(leftover)} messages were never acked"
-
-
-# -- entry point of the child processes --------------------------------------------------
-
-
-def main(argv: list[str]) -> None:
-    ap = argparse.ArgumentParser()
-    sub = ap.add_subparsers(dest="role", required=True)
-    p = sub.add_parser("producer")
-    p.add_argument("url")
-    p.add_argument("topic")
-    p.add_argument("out", type=Path)
-    p.add_argument("stop", type=Path)
-    c = sub.add_parser("consumer")
-    for name in ("url", "topic", "redis_url", "effects", "kill"):
-        c.add_argument(name)
-    c.add_argument("at", type=int)
-    args = ap.parse_args(argv)
-    if args.role == "producer":
-        producer_main(args.url, args.topic, args.out, args.stop)
-    else:
-        consumer_main(args.url, args.topic, args.redis_url, args.effects, args.kill, args.at)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+    except subprocess.TimeoutExpired as exc:  # subprocess.run has killed it by its PID
+        pytest.fail(f"the child pytest did not exit after the failure:\n{exc.stdout!s}")
+    output = done.stdout + done.stderr
+    print(output[-3000:])
+    assert done.returncode == 1, output[-5000:]
+    assert "1 failed" in output, output[-5000:]
+    assert REFUSED in output, output[-5000:]
+    # the suite's teardown closed every client: neither the per-test thread check nor the
+    # plugin's last-resort exit (tests/brokers_plugin.py) had anything to do
+    assert "non-daemon threads still run" not in output, output[-5000:]
+    assert "still running; exiting anyway" not in output, output[-5000:]
