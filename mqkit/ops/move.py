@@ -9,10 +9,14 @@ and they are easy to get subtly wrong three times:
 * **bounded duplicates, absorbed by dedupe** -- a crash between the target's
   confirm and the source's ack re-moves that one batch on the next run, with
   the SAME ids (records are copied as they are: key, value, id, headers), so
-  Redis dedupe on the consumers of the target handles each id once;
-* **per-key order** -- the source is read as one ordered member (a key's
-  messages arrive in order), records keep their key, and batches are published
-  in order by one thread; after a failed batch nothing later is published.
+  Redis dedupe on the consumers of the target handles each id once (on Kafka
+  the acks since the group's last offset commit are re-moved too, and on
+  RocketMQ a dead mover's messages return when their lease ends: run the
+  resume with an idle timeout longer than ``invisible_time``);
+* **per-key order** -- the source is read by one member (a single reader:
+  a key's messages arrive in order), records keep their key, and batches are
+  published in order by one thread; after a failed batch nothing later is
+  published.  See :func:`reads_ordered` for how that member subscribes.
 
 Throughput: the publish of batch *n* (a confirmed, fsynced round trip) runs in
 a helper thread while batch *n+1* is fetched.  Fetch and ack stay in the
@@ -33,11 +37,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mqkit.adapter import Inbound, PublishOutcome
+from mqkit.capabilities import Support
 from mqkit.client import Client
 from mqkit.errors import ConfigError, PublishError
 from mqkit.message import Record
 
-__all__ = ["MoveResult", "Route", "move", "publish_persistent"]
+__all__ = ["MoveResult", "Route", "move", "publish_persistent", "reads_ordered"]
 
 Route = Callable[[Record], tuple[str, Record] | None]
 """Where a source record goes: ``(target topic, record to publish)``, or None to leave it."""
@@ -65,6 +70,23 @@ class MoveResult:
 def publish_persistent(mq: Client) -> bool:
     """Ask for persistence where the backend has it (memory:// would only warn)."""
     return mq.capabilities.supports("persistent")
+
+
+def reads_ordered(mq: Client, *, holds: bool) -> bool:
+    """Whether the mover joins its group as an ordered member.
+
+    Where partitions are the broker's own (native, Kafka, RocketMQ), an ordered
+    member owns whole partitions and gets each in log order -- also after a
+    crash: the dead mover's messages come back before anything newer of their
+    partition.  Where partitions are emulated (RabbitMQ lanes, ActiveMQ
+    queues), asking for order would reshape the group itself (RabbitMQ turns
+    it into single-active-consumer lanes for good, the DLQ's ``default`` group
+    included), while one plain reader of a queue already gets arrival order.
+    A move that ``holds`` messages (a filtered replay, a dry run) reads plain
+    everywhere: an ordered RocketMQ member gets nothing more from a queue until
+    it settles what it holds, so the scan would stop after one batch per queue.
+    """
+    return not holds and mq.capabilities.level("partitions") is Support.NATIVE
 
 
 @dataclass
@@ -150,7 +172,8 @@ def move(
     result = MoveResult(dry_run=dry_run)
     started = time.monotonic()
     # Room for the held (skipped / dry-run) messages plus two batches in flight.
-    sub = source.adapter.subscribe(topic, group, prefetch=window + 2 * batch_size, ordered=True)
+    ordered = reads_ordered(source, holds=window > 0 or dry_run)
+    sub = source.adapter.subscribe(topic, group, prefetch=window + 2 * batch_size, ordered=ordered)
     publisher = _Publisher(dest)
     held = 0
     pending: tuple[_Batch, concurrent.futures.Future[list[PublishOutcome]]] | None = None
