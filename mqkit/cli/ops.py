@@ -64,6 +64,14 @@ def fanout(
         bool,
         typer.Option("--finish", help="TOPIC.fanout drained? keep dead letters, delete it"),
     ] = False,
+    workers_stopped: Annotated[
+        bool,
+        typer.Option(
+            "--workers-stopped",
+            help="with --finish: no worker of TOPIC.fanout runs (needed where the broker "
+            "cannot count unacked messages, e.g. RabbitMQ)",
+        ),
+    ] = False,
     batch: BatchOption = 1000,
     idle: IdleOption = 2.0,
     limit: Annotated[int | None, typer.Option(min=1, help="move at most N")] = None,
@@ -78,7 +86,7 @@ def fanout(
     out = out_console()
     with session(url_of(ctx)) as mq:
         if finish:
-            done = finish_fanout(mq, topic, group=group)
+            done = finish_fanout(mq, topic, group=group, workers_stopped=workers_stopped)
             if not done.drained:
                 out.print(f"[yellow]not finished:[/] {escape(done.note)}", soft_wrap=True)
                 raise typer.Exit(1)

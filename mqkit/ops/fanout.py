@@ -183,9 +183,21 @@ def fanout(
 
 
 def finish_fanout(
-    mq: Client, topic: str, *, group: str = "default", idle_timeout: float = 1.0
+    mq: Client,
+    topic: str,
+    *,
+    group: str = "default",
+    idle_timeout: float = 1.0,
+    workers_stopped: bool = False,
 ) -> FinishResult:
-    """Return to normal: check ``topic.fanout`` is drained, keep its dead letters, delete it."""
+    """Return to normal: check ``topic.fanout`` is drained, keep its dead letters, delete it.
+
+    Where the backend counts only waiting messages, not those a worker holds
+    unacked (RabbitMQ without its management API), an empty backlog does not
+    mean drained: deleting then would drop what the workers still hold.  So it
+    refuses unless ``workers_stopped`` says no worker runs (their unacked
+    messages are then back in the backlog, which is counted).
+    """
     target = fanout_topic(topic)
     try:
         rows = stats_or_none(mq, target, group)
@@ -199,6 +211,14 @@ def finish_fanout(
         )
     remaining = sum(r.backlog or 0 for r in rows)
     in_flight = sum(r.in_flight or 0 for r in rows)
+    if not remaining and not workers_stopped and any(r.in_flight is None for r in rows):
+        return FinishResult(
+            drained=False,
+            remaining=0,
+            note=f"{target} has no waiting message, but the {mq.scheme} backend cannot count "
+            "the ones workers hold unacked: stop the workers of TOPIC.fanout, then run this "
+            "again with workers_stopped (CLI: --workers-stopped)",
+        )
     if remaining or in_flight:
         return FinishResult(
             drained=False,
