@@ -1,6 +1,9 @@
 """Queue semantics on top of partition logs: the heart of memory:// and native://.
 
-A topic is N append-only partition logs.  A consumer group keeps, per partition,
+A topic is N append-only partition logs.  A keyed record goes to the partition
+of its key's hash; the keyless records of one publish call all go to one
+partition, the next call's to the next (one append and one fsync per call).
+A consumer group keeps, per partition,
 a read cursor, a committed low-watermark, the acked offsets above it, the
 deliveries in flight (with the member holding each) and the offsets waiting to
 be delivered again.  Members lease what they fetch: a member that closes, or
