@@ -16,6 +16,14 @@ watermark with the metadata of :mod:`.tracking`.  Acks that arrive after a
 partition was revoked are ignored: that message goes to the new owner
 (at-least-once).  Nacked and delayed records wait in a local timer heap and
 hold the partition's watermark until they are acked.
+
+Every assignment starts reading at the committed watermark: the poller seeks
+each newly assigned partition there before its next ``poll()``, and drops what
+a ``poll()`` that overlapped the rebalance returned for it.  kafka-python 3
+keeps the fetch position of a partition that is revoked and assigned to the
+same member again (the Java client resets it); without the seek the records
+that sat in the local queue at the revoke would be skipped, and the next
+commit would move the group past them for good.
 """
 
 from __future__ import annotations
@@ -118,6 +126,10 @@ class KafkaSubscription(Subscription):
         self._timers: list[tuple[float, int, Entry]] = []
         self._seq = itertools.count()
         self._epochs = itertools.count(1)
+        # Where the poller must seek a new assignment before polling (see module docstring);
+        # written by the rebalance callbacks, applied by the poller thread only.
+        self._seeks: dict[int, tuple[Any, int]] = {}
+        self._given_up: dict[int, int] = {}  # watermark at the last revoke, per partition
         self._joined = False
         self._revoking = False
         self._unready_since = time.monotonic()
@@ -287,7 +299,12 @@ class KafkaSubscription(Subscription):
                         self._cv.wait(FULL_WAIT_S)  # fetch() notifies when it makes room
                         self._poller_waits = False
                         continue
+                    # A seek requested after this point is still pending when this
+                    # poll returns: _receive drops that partition's records.
+                    seeks = list(self._seeks.values())
+                    self._seeks.clear()
                 try:
+                    self._seek(seeks)
                     self._set_paused(full)
                     # Paused, poll returns nothing but keeps the membership and rebalances.
                     last_poll = time.monotonic()
@@ -316,6 +333,15 @@ class KafkaSubscription(Subscription):
         finally:
             self._shutdown()
 
+    def _seek(self, seeks: list[tuple[Any, int]]) -> None:
+        """Start new assignments at their committed watermark (poller thread only)."""
+        for tp, offset in seeks:
+            try:
+                self._consumer.seek(tp, offset)
+            except (ValueError, KeyError):
+                # Revoked again meanwhile (the IO thread moves the assignment): not ours.
+                log.debug("no seek of %s: no longer assigned", tp)
+
     def _set_paused(self, pause: bool) -> None:
         paused = self._consumer.paused()
         if pause:
@@ -339,6 +365,11 @@ class KafkaSubscription(Subscription):
                 if part is None or part.revoked:
                     # Not (or no longer) ours: the owner reads them from the committed offset.
                     log.debug("dropped %d records of unowned %s", len(records), tp)
+                    continue
+                if tp.partition in self._seeks:
+                    # Assigned during this poll, read from the previous assignment's
+                    # position: the pending seek reads them again from the watermark.
+                    log.debug("dropped %d records of %s fetched before its seek", len(records), tp)
                     continue
                 for offset, record in records:
                     entry = part.receive(offset, record)
@@ -444,6 +475,7 @@ class KafkaSubscription(Subscription):
         offsets: dict[Any, Any] = {}
         with self._cv:
             for n in numbers:
+                self._seeks.pop(n, None)
                 part = self._parts.pop(n, None)
                 if part is None:
                     continue
@@ -451,6 +483,7 @@ class KafkaSubscription(Subscription):
                     point = part.commit_point()
                     if point is not None:
                         offsets[part.tp] = OffsetAndMetadata(point[0], point[1], -1)
+                        self._given_up[n] = point[0]
                 if part.out:
                     log.log(
                         logging.DEBUG if self._closing.is_set() else logging.WARNING,
@@ -479,6 +512,7 @@ class KafkaSubscription(Subscription):
     async def _on_assigned(self, assigned: Any) -> None:
         log.debug("%s: assigned %s", self.group_id, sorted(tp.partition for tp in assigned))
         prior: dict[int, Prior] = {}
+        start: dict[int, int] = {}
         if assigned:
             try:
                 committed = await driver.read_committed(
@@ -487,6 +521,7 @@ class KafkaSubscription(Subscription):
                 for tp, om in committed.items():
                     if om is not None and om.offset is not None and om.offset >= 0:
                         prior[tp.partition] = decode_metadata(om.offset, om.metadata)
+                        start[tp.partition] = om.offset
             except Exception as exc:
                 log.warning(
                     "could not read the commit metadata of %s (%r): attempt counts restart "
@@ -496,13 +531,19 @@ class KafkaSubscription(Subscription):
                 )
         with self._cv:
             for tp in assigned:
-                current = self._parts.get(tp.partition)
+                n = tp.partition
+                current = self._parts.get(n)
                 if current is None or current.revoked:
-                    self._parts[tp.partition] = PartitionState(
-                        TopicPartition(tp.topic, tp.partition),
-                        next(self._epochs),
-                        prior.get(tp.partition, Prior()),
+                    part = PartitionState(
+                        TopicPartition(tp.topic, n), next(self._epochs), prior.get(n, Prior())
                     )
+                    self._parts[n] = part
+                    # The committed offset; if it could not be read, our own watermark
+                    # from the revoke (the commit of it may have failed: redeliveries).
+                    offset = start.get(n, self._given_up.get(n))
+                    if offset is not None:
+                        self._seeks[n] = (part.tp, offset)
+            self._given_up.clear()
             self._joined = True
             self._revoking = False
             self._cv.notify_all()

@@ -13,6 +13,7 @@ commit bookkeeping (low watermark, commit metadata).
 from __future__ import annotations
 
 import importlib
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -251,3 +252,66 @@ class TestKafkaSpecifics:
         assert first == [(str(i).encode(), 1) for i in range(5)]
         assert again == [(b"0", 2), (b"2", 2), (b"4", 2)]
         assert [s.backlog for s in mq.stats(topic, "g")] == [0, 0]
+
+    @pytest.mark.parametrize("clients", ["shared", "per-worker"])
+    def test_members_joining_one_by_one_handle_every_message(
+        self, mq: mqkit.Client, clients: str
+    ) -> None:
+        """Regression: records buffered at a rebalance were skipped by their next reader.
+
+        kafka-python keeps the fetch position of a partition that is revoked and
+        assigned to the same member again; the member had dropped its buffered
+        records at the revoke, so it read on after them and committed past them.
+        The first member takes one delivery before the others join: its buffer
+        (2 x prefetch) is full of records when each join revokes everything.
+        """
+        n, workers = 300, 4
+        topic = f"k-{uuid.uuid4().hex[:10]}"
+        mq.declare(topic, partitions=20, groups=["g"])
+        own = [mqkit.connect(broker_url("kafka")) for _ in range(workers - 1)]
+        try:
+            sent = [f"m{i}" for i in range(n)]
+            batch = [OutgoingMessage(m.encode(), key=m, id=m) for m in sent]
+            mq.producer().send_many(topic, batch)
+            policy = Policy(prefetch=100)
+            first = mq.consumer(topic, group="g", policy=policy)
+            seen: list[str] = []
+            lock = threading.Lock()
+            for d in first.iter(timeout=10.0):
+                seen.append(d.message.id)
+                d.ack()
+                break
+            assert seen, "the first member received nothing"
+            sources = own if clients == "per-worker" else [mq] * (workers - 1)
+            members = [first] + [c.consumer(topic, group="g", policy=policy) for c in sources]
+
+            def handle(message: mqkit.Message) -> None:
+                with lock:
+                    seen.append(message.id)
+
+            errors: list[BaseException] = []
+
+            def work(member: mqkit.Consumer) -> None:
+                try:
+                    member.run(handle, idle_timeout=5.0)
+                except BaseException as exc:  # re-raised below, in the test's thread
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=work, args=(m,)) for m in members]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=90)
+            for m in members:
+                m.close()
+            assert not errors, errors
+            assert not any(t.is_alive() for t in threads)
+            missing = sorted(set(sent) - set(seen), key=lambda i: int(i[1:]))
+            assert not missing, f"{len(missing)} of {n} never handled, e.g. {missing[:5]}"
+            assert set(seen) == set(sent)
+            assert [s.backlog for s in mq.stats(topic, "g")] == [0] * 20
+        finally:
+            for c in own:
+                c.close()
+            mq.adapter.delete_topic(topic)
+            mq.adapter.delete_topic(f"{topic}.dlq")
