@@ -65,6 +65,7 @@ from mqkit.errors import PublishError
 from mqkit.message import Message
 from mqkit.policy import Policy
 from mqkit.producer import OutgoingMessage
+from mqkit.testing.hooks import BrokerHooks
 
 __all__ = ["FaultSuite", "main"]
 
@@ -72,7 +73,7 @@ __all__ = ["FaultSuite", "main"]
 CRASH_POINTS = ("mid-handler", "before-ack")
 
 
-class FaultSuite:
+class FaultSuite(BrokerHooks):
     """kill -9 of the broker and of consumers.
 
     Subclasses implement ``make_url``, ``kill_broker`` and ``restart_broker`` (the
@@ -132,24 +133,7 @@ class FaultSuite:
     consumer_idle: ClassVar[float] = 4.0
     consumer_exit_timeout: ClassVar[float] = 180.0
 
-    # -- hooks for subclasses (the same names as the conformance suite's) --------
-
-    def make_url(self) -> str:
-        raise NotImplementedError
-
-    def kill_broker(self) -> None:
-        """kill -9 every process of the broker; its data stays."""
-        raise NotImplementedError
-
-    def restart_broker(self) -> None:
-        """Start the broker again on the same data and return when it is ready."""
-        raise NotImplementedError
-
-    # -- fixtures -----------------------------------------------------------------
-
-    @pytest.fixture
-    def url(self) -> str:
-        return self.make_url()
+    # -- fixtures (the hooks and ``url`` come from BrokerHooks) -------------------
 
     @pytest.fixture(autouse=True)
     def _no_thread_outlives_the_test(self) -> Iterator[None]:
