@@ -81,7 +81,9 @@ def fanout(
 
     Stop TOPIC's consumers first; then run K x consumers of TOPIC.fanout (same group,
     same handler, ordering per_key).  Safe to kill and re-run: it resumes, and ids are
-    kept, so dedupe on the workers absorbs the one batch a crash may move twice.
+    kept, so dedupe on the workers absorbs the one batch a crash may move twice.  Where a
+    crashed run's messages come back only when their lease ends (RocketMQ: 15 s), resume
+    with --idle longer than the lease, or the resumed run may stop before they are back.
     """
     out = out_console()
     with session(url_of(ctx)) as mq:
