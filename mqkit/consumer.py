@@ -209,12 +209,14 @@ class Consumer:
         idle_since = time.monotonic()
         while not self._closing.is_set():
             now = time.monotonic()
-            if not self._sub.ready:
+            room = self.policy.prefetch - self._unsettled
+            if room > 0 and not self._sub.ready:
+                # Rejoining is not idleness -- unless the caller holds the whole window
+                # and waits for more: then nothing can come, and the timeout must end it.
                 idle_since = now
             remaining = None if timeout is None else timeout - (now - idle_since)
             if remaining is not None and remaining <= 0:
                 return
-            room = self.policy.prefetch - self._unsettled
             wait = 0.5 if remaining is None else min(remaining, 0.5)
             if room <= 0:
                 self._closing.wait(min(wait, 0.05))

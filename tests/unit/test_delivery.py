@@ -140,3 +140,27 @@ def test_repr_names_the_message(mq: mqkit.Client) -> None:
     assert "id=r1" in repr(d)
     assert "key=kk" in repr(d)
     assert "pending" in repr(d)
+
+
+@pytest.mark.timeout(30)
+def test_iter_times_out_when_the_caller_holds_the_window_and_the_link_is_down(
+    mq: mqkit.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing can arrive while the caller holds every slot: the timeout must still end it.
+
+    (A rejoining subscription does not count as idle -- but only while there is room
+    for what it would bring.)
+    """
+    mq.producer().send_many(TOPIC, [b"a", b"b", b"c"])
+    c = mq.consumer(TOPIC, group="g", policy=mqkit.Policy(prefetch=2))
+    held = []
+    it = c.iter(timeout=0.5)
+    held.append(next(it))
+    monkeypatch.setattr(type(c._sub), "ready", property(lambda self: False))
+    held.append(next(it))  # the window (2) is now full and the link "rejoining"
+    with pytest.raises(StopIteration):
+        next(it)
+    assert [d.message.value for d in held] == [b"a", b"b"]
+    for d in held:
+        d.ack()
+    c.close()
