@@ -84,17 +84,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--expired", type=float, default=0.001, help="share sent with a short TTL")
     ap.add_argument("--baseline", type=int, default=3000, help="messages the 1 worker handles")
     ap.add_argument("--workers", type=int, default=10)
+    ap.add_argument(
+        "--prefix",
+        default=f"ex-{uuid.uuid4().hex[:8]}-",
+        help="start of every topic name (default: fresh per run, so runs on a shared broker "
+        "never meet each other's leftovers)",
+    )
     args = ap.parse_args(argv)
     n = args.messages
-    topic = f"orders-{uuid.uuid4().hex[:8]}"
+    topic = f"{args.prefix}orders"
     group = "billing"
     every = max(1, round(1 / args.expired)) if args.expired > 0 else 0
     ledger = Ledger()
     policy = mqkit.Policy(ordering="per_key", dedupe="memory://", prefetch=200)
 
-    with mqkit.connect() as mq:
+    with mqkit.connect() as mq:  # MQKIT_URL, else the embedded native broker
+        backend = mq.scheme
         persistent = mq.capabilities.supports("persistent")
-        print(f"backlog incident on {mq.scheme}: {n:,} messages of {args.size} B", flush=True)
+        print(f"backlog incident on {backend}: {n:,} messages of {args.size} B", flush=True)
         mq.declare(topic, partitions=1, groups=[group])
 
         # 1. the backlog (some with a TTL that runs out while they wait)
@@ -161,8 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         # 5. back to normal
-        done = ops.finish_fanout(mq, topic, group=group)
+        # The workers have returned: say so, for brokers that cannot count what
+        # workers hold unacked (RabbitMQ, RocketMQ); finish refuses there otherwise.
+        done = ops.finish_fanout(mq, topic, group=group, workers_stopped=True)
         print(f"5. finish: drained={done.drained}, dead letters kept: {done.dead_letters_moved}")
+        if not done.drained:
+            print(f"   not finished: {done.note}", flush=True)
 
         # 6. the messages lost to TTL: put them back and handle them
         back = ops.replay(mq, f"{topic}.dlq", reason="expired", idle_timeout=1.0)
@@ -190,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(f"{args.workers} workers were only {speedup:.1f}x faster than one")
     status = "OK" if not problems else "FAILED"
     print(
-        f"backlog_incident: {status} messages={n} fill={n / fill_s:,.0f}/s "
+        f"backlog_incident: {status} on {backend} messages={n} fill={n / fill_s:,.0f}/s "
         f"fanout={moved.move.rate:,.0f}/s one_worker={one_rate:,.0f}/s "
         f"{args.workers}_workers={ten_rate:,.0f}/s speedup={speedup:.1f}x "
         f"expired_replayed={back.moved} lost={lost} twice={twice}"

@@ -69,9 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pages", type=int, default=1000, help="pages to crawl")
     ap.add_argument("--members", type=int, default=2, help="consumers per group")
+    ap.add_argument(
+        "--prefix",
+        default=f"ex-{uuid.uuid4().hex[:8]}-",
+        help="start of every topic name (default: fresh per run, so runs on a shared broker "
+        "never meet each other's leftovers)",
+    )
     args = ap.parse_args(argv)
     rng = random.Random(7)
-    topic = f"pages-{uuid.uuid4().hex[:8]}"
+    topic = f"{args.prefix}pages"
     pages = [page(i, rng) for i in range(args.pages)]
     recrawled = pages[: max(1, args.pages // 10)]  # crawled twice: same URL, same id
 
@@ -106,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             for word in set(re.findall(r"[a-z]+", str(p["body"]))):
                 index[word].add(p["url"])
 
-    with mqkit.connect() as mq:
+    with mqkit.connect() as mq:  # MQKIT_URL, else the embedded native broker
+        backend = mq.scheme
         persistent = mq.capabilities.supports("persistent")
         mq.declare(topic, partitions=4, groups=["store", "index"])
         producer = mq.producer(mqkit.Policy(persistent=persistent))
@@ -159,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     status = "OK" if not problems else "FAILED"
     shares = " ".join(f"{k}={v}" for k, v in sorted(work.items()))
     print(
-        f"crawler_pipeline: {status} crawled={len(pages)} recrawled={len(recrawled)} "
+        f"crawler_pipeline: {status} on {backend} crawled={len(pages)} recrawled={len(recrawled)} "
         f"stored={len(rows)} indexed={len(indexed)} words={len(index)} "
         f"duplicates_absorbed={duplicates} work[{shares}]"
     )

@@ -48,12 +48,13 @@ class FlakyGateway:
         self.sent[user] = self.sent.get(user, 0) + 1
 
 
-async def run(users: int, failure_rate: float) -> int:
-    topic = f"user.signed_up-{uuid.uuid4().hex[:8]}"
+async def run(users: int, failure_rate: float, prefix: str) -> int:
+    topic = f"{prefix}user.signed_up"
     sms = FlakyGateway("sms", failure_rate, seed=1)
     email = FlakyGateway("email", failure_rate, seed=2)
     bad = {f"user-{i}" for i in range(users) if i % 50 == 49}
-    async with mqkit.aio.connect() as mq:
+    async with mqkit.aio.connect() as mq:  # MQKIT_URL, else the embedded native broker
+        backend = mq.sync.scheme
         persistent = mq.capabilities.supports("persistent")
         await mq.declare(topic, partitions=2, groups=["sms", "email"])
 
@@ -114,7 +115,7 @@ async def run(users: int, failure_rate: float) -> int:
         problems.append("no retry happened: the gateways never failed?")
     status = "OK" if not problems else "FAILED"
     print(
-        f"notifications: {status} users={users} published_in={publish_ms:.0f}ms "
+        f"notifications: {status} on {backend} users={users} published_in={publish_ms:.0f}ms "
         f"sms={len(sms.sent)} email={len(email.sent)} "
         f"gateway_failures={sms.failures + email.failures} "
         f"retried={sms_stats.retried + email_stats.retried} dead_lettered={dead}"
@@ -128,8 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--users", type=int, default=200, help="sign-ups to notify")
     ap.add_argument("--failure-rate", type=float, default=0.1, help="share of gateway timeouts")
+    ap.add_argument(
+        "--prefix",
+        default=f"ex-{uuid.uuid4().hex[:8]}-",
+        help="start of every topic name (default: fresh per run, so runs on a shared broker "
+        "never meet each other's leftovers)",
+    )
     args = ap.parse_args(argv)
-    return asyncio.run(run(args.users, args.failure_rate))
+    return asyncio.run(run(args.users, args.failure_rate, args.prefix))
 
 
 if __name__ == "__main__":

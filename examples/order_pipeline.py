@@ -44,14 +44,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--orders", type=int, default=200, help="orders to send")
     ap.add_argument("--dedupe", default="memory://", help="dedupe store: memory:// or redis://")
     ap.add_argument("--poison-every", type=int, default=25, help="every Nth order is invalid")
+    ap.add_argument(
+        "--prefix",
+        default=f"ex-{uuid.uuid4().hex[:8]}-",
+        help="start of every topic name (default: fresh per run, so runs on a shared broker "
+        "never meet each other's leftovers)",
+    )
     args = ap.parse_args(argv)
 
-    topic = f"orders-{uuid.uuid4().hex[:8]}"
+    topic = f"{args.prefix}orders"
     charged: dict[str, int] = {}
     flaky_once: set[str] = set()
     lock = threading.Lock()
 
-    with mqkit.connect() as mq:
+    with mqkit.connect() as mq:  # MQKIT_URL, else the embedded native broker
+        backend = mq.scheme
         persistent = mq.capabilities.supports("persistent")
         mq.declare(topic, partitions=4, groups=["fulfilment"])
 
@@ -112,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(f"dead letters {sorted(dead)[:5]} != poison orders {sorted(poison)[:5]}")
     status = "OK" if not problems else "FAILED"
     print(
-        f"order_pipeline: {status} sent={args.orders} resent={resent} charged={len(charged)} "
-        f"duplicates_absorbed={stats.duplicates} retried={stats.retried} "
+        f"order_pipeline: {status} on {backend} sent={args.orders} resent={resent} "
+        f"charged={len(charged)} duplicates_absorbed={stats.duplicates} retried={stats.retried} "
         f"dead_lettered={len(dead)} (reason invalid)"
     )
     for p in problems:

@@ -98,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--users", type=int, default=50)
     ap.add_argument("--events", type=int, default=20, help="events per user")
+    ap.add_argument(
+        "--prefix",
+        default=f"ex-{uuid.uuid4().hex[:8]}-",
+        help="start of every topic name (default: fresh per run, so runs on a shared broker "
+        "never meet each other's leftovers)",
+    )
     ap.add_argument("--worker", nargs=3, metavar=("URL", "TOPIC", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if not url or url.startswith("native:"):
         server = Server(work_dir / "broker")
         url = server.url
-    topic = f"user-events-{uuid.uuid4().hex[:8]}"
+    topic = f"{args.prefix}user-events"
     try:
         with mqkit.connect(url) as mq:
             mq.declare(topic, partitions=4, groups=["profiles"], ordered=True)
