@@ -11,8 +11,12 @@ Features
     end of every queue, so it receives exactly what is published after it exists.  gRPC clients
     never create topics or groups, so this goes through the remoting protocol to namesrv and the
     brokers (``admin.py``; no JVM).
-    ``confirm`` = the proxy's SendReceipt; a batch is sent pipelined (``send_async`` for every
-    record, then each receipt awaited) and every record gets its own outcome.  ``persistent`` =
+    ``confirm`` = the proxy's SendReceipt; a batch is sent pipelined across message groups
+    (records without a key all at once) but one at a time within a group, each after the
+    previous one's receipt -- the proxy may store two sends of one group in flight together
+    either way round (``sender.py``; also across calls and with ``confirm=False``, where a send
+    of a key waits for the previous one of that key); every record gets its own outcome, and
+    one that failed stops the rest of its key in that batch (they fail unsent).  ``persistent`` =
     the broker's flush policy (``flushDiskType=SYNC_FLUSH`` in docker/rocketmq/broker.conf: on
     disk before the receipt).
     Manual ack = SimpleConsumer receive + ack with leases (``invisible_time``) renewed while

@@ -21,6 +21,7 @@ from .admin import AdminError, RemotingAdmin
 from .codec import message_group, to_message
 from .names import group_id, rocket_name
 from .options import DEFAULT_NAMESRV_PORT, DEFAULT_PORT, RocketMQOptions, load_options
+from .sender import Item, OrderedSender, SendResult
 
 __all__ = ["ROCKETMQ_CAPABILITIES", "RocketMQAdapter"]
 
@@ -35,7 +36,8 @@ ROCKETMQ_CAPABILITIES = Capabilities(
     dead_letter=Support.EMULATED,
     max_message_size=MAX_BODY - 32 * 1024,
     notes={
-        "confirm": "send returns after the proxy's SendReceipt (sends of a batch are pipelined)",
+        "confirm": "send returns after the proxy's SendReceipt (a batch is pipelined across "
+        "keys, one at a time within a key)",
         "persistent": "the broker's flushDiskType: SYNC_FLUSH (docker/rocketmq/broker.conf) "
         "writes to disk before the receipt; RocketMQ's default ASYNC_FLUSH does not",
         "manual_ack": "SimpleConsumer receive + ack; leases (invisible duration) renewed "
@@ -108,6 +110,8 @@ class RocketMQAdapter(Adapter):
         producer = self._rmq.Producer(self._config, tls_enable=o.tls)
         producer.startup()
         self._producer = producer
+        # the longest wait for one outcome: 3 tries of request_timeout, the SDK's backoff
+        self._sender = OrderedSender(producer, guard=o.request_timeout * 4 + 10)
 
     def _check_reachable(self, host: str, port: int) -> None:
         try:
@@ -303,7 +307,7 @@ class RocketMQAdapter(Adapter):
                 )
             deliver_at = math.ceil(time.time() + delay)
         fifo_only = FIFO in types and NORMAL not in types
-        futures: list[Future[Any] | BaseException] = []
+        items: list[Item] = []
         for r in records:
             group: str | None = None
             at = deliver_at
@@ -312,29 +316,23 @@ class RocketMQAdapter(Adapter):
                     group = message_group(r.key if r.key is not None else r.id)
                 elif NORMAL not in types and DELAY in types:
                     at = math.ceil(time.time())  # a DELAY-only topic: due now
+            msg: Any
             try:
                 msg = to_message(self._rmq.Message, rtopic, r, group=group, deliver_at=at)
-                if confirm and len(records) == 1:
-                    # one message: the SDK's blocking send waits on the RPC itself, without
-                    # the hop through its callback thread pool that send_async takes
-                    return [self._receipt(topic, r, self._producer.send(msg))]
-                futures.append(self._producer.send_async(msg))
             except Exception as exc:
-                futures.append(exc)
+                msg = exc
+            items.append(Item(None if group is None else (rtopic, group), msg))
+        # Pipelined across message groups, one at a time within each (sender.py).
+        results = self._sender.send(items, confirm=confirm)
         if not confirm:
-            return [self._unconfirmed(topic, r, f) for r, f in zip(records, futures, strict=True)]
-        guard = self.options.request_timeout * 4 + 10
+            return [self._unconfirmed(topic, r, f) for r, f in zip(records, results, strict=True)]
         outcomes: list[PublishOutcome] = []
-        for r, f in zip(records, futures, strict=True):
+        for r, f in zip(records, results, strict=True):
             if isinstance(f, BaseException):
                 outcomes.append(f)
                 continue
-            try:
-                receipt = f.result(timeout=guard)
-            except Exception as exc:
-                outcomes.append(exc)
-                continue
-            outcomes.append(self._receipt(topic, r, receipt))
+            error = f.exception()  # done: the sender waited for every receipt
+            outcomes.append(error if error is not None else self._receipt(topic, r, f.result()))
         return outcomes
 
     @staticmethod
@@ -343,9 +341,12 @@ class RocketMQAdapter(Adapter):
             id=r.id, topic=topic, confirmed=True, offset=receipt.offset, timestamp=time.time()
         )
 
-    def _unconfirmed(self, topic: str, r: Record, f: Future[Any] | BaseException) -> PublishOutcome:
+    def _unconfirmed(self, topic: str, r: Record, f: SendResult) -> PublishOutcome:
         if isinstance(f, BaseException):
             return f
+        if f.done():  # known already (an earlier record of its group was waited for)
+            exc = f.exception()
+            return exc if exc is not None else self._receipt(topic, r, f.result())
 
         def report(done: Future[Any]) -> None:
             exc = done.exception()

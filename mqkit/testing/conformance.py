@@ -34,6 +34,7 @@ from mqkit.errors import ConfigError, MessageTooLarge, MQError, Unsupported
 from mqkit.message import DLQ_ATTEMPTS, DLQ_ERROR, DLQ_GROUP, DLQ_REASON, DLQ_TOPIC, Message
 from mqkit.ops.replay import replay
 from mqkit.policy import Policy
+from mqkit.testing.hooks import BrokerHooks
 
 __all__ = ["ConformanceSuite", "Order"]
 
@@ -47,7 +48,7 @@ class _Crash(BaseException):
     """Simulates a consumer dying at a chosen point (not an Exception: nothing catches it)."""
 
 
-class ConformanceSuite:
+class ConformanceSuite(BrokerHooks):
     """C1-C14.  Subclasses implement :meth:`make_url` and may override the hooks."""
 
     #: seconds a consumer waits for more before deciding the topic is drained
@@ -55,28 +56,7 @@ class ConformanceSuite:
     #: partitions used where a test wants several
     partitions: ClassVar[int] = 4
 
-    # -- hooks for subclasses ----------------------------------------------------
-
-    def make_url(self) -> str:
-        raise NotImplementedError
-
-    def kill_broker(self) -> None:
-        """kill -9 the broker (C3).  Backends that cannot keep data need not implement it."""
-        raise NotImplementedError
-
-    def restart_broker(self) -> None:
-        """Start the broker again on the same data after :meth:`kill_broker`."""
-        raise NotImplementedError
-
-    def stop_broker(self) -> None:
-        """Make the broker unreachable (C2)."""
-        raise NotImplementedError
-
-    # -- fixtures -----------------------------------------------------------------
-
-    @pytest.fixture
-    def url(self) -> str:
-        return self.make_url()
+    # -- fixtures (the hooks and ``url`` come from BrokerHooks) -------------------
 
     @pytest.fixture
     def mq(self, url: str) -> Iterator[Client]:
@@ -376,9 +356,17 @@ class ConformanceSuite:
         for th in threads:
             th.start()
         p = mq.producer()
-        for seq in range(per_key):
+        for seq in range(5):  # one at a time, then the rest in one send_many batch
             for k in keys:
                 p.send(topic, str(seq).encode(), key=k)
+        p.send_many(
+            topic,
+            [
+                mqkit.OutgoingMessage(str(seq).encode(), key=k)
+                for seq in range(5, per_key)
+                for k in keys
+            ],
+        )
         for th in threads:
             th.join(timeout=120)
         for c in consumers:

@@ -53,8 +53,11 @@ Reading the table:
 - Both sides use the same SDK underneath; every mqkit message also carries its id,
   timestamp and content type as three user properties (about 90 bytes).
 - Producing: mqkit's ``send()`` of one message uses the SDK's blocking ``send``;
-  ``send_many`` calls ``send_async`` for every record and then waits for each receipt,
-  as the raw case does.
+  ``send_many`` of these keyless messages calls ``send_async`` for every record and then
+  waits for each receipt, as the raw case does.  Records with a key go one at a time per
+  key (RocketMQ keeps a message group's order only when each send waits for the previous
+  one's receipt), pipelined across keys: a batch of one key runs at about the
+  one-at-a-time rate.
 - Consuming: the raw case acks each message with the SDK's blocking ``ack`` (one RPC
   per message: its ``ack_async`` returns no future to wait for in 5.1.2); mqkit sends
   the acks of a subscription in batches, one AckMessage request (up to 64 entries) in

@@ -9,18 +9,20 @@ caught up with it, about 3 s.
 
 After the suite: RocketMQ specifics -- name mapping, the header/property mapping, option
 errors, the install hint, lease renewal of a slow handler, redelivery when a lease ends
-unacked (rocketmq-clients#1344), a group created by its first consumer, and strict
-(non-MIXED) topic types.
+unacked (rocketmq-clients#1344), a group created by its first consumer, strict
+(non-MIXED) topic types, and per-key order of a batch whose sends overtake each other.
 """
 
 from __future__ import annotations
 
 import importlib
+import itertools
 import re
 import sys
 import threading
 import time
 import uuid
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -222,3 +224,60 @@ def test_a_message_whose_lease_ends_unacked_comes_back_with_attempt_2(
         assert again.message.id == "l-1"
         assert again.attempt == 2
         assert waited >= 1.0, f"back after {waited:.1f}s, before its lease ended"
+
+
+def test_a_batch_keeps_each_keys_order_when_sends_overtake(
+    broker_urls: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: ``send_many`` put every record on the wire at once, and RocketMQ stored two
+    records of one message group in the order they arrived.  Here each send is held back a
+    little less than the one before it (a busy network, an SDK retry), so two records of a
+    key in flight together would arrive -- and be stored -- the wrong way round."""
+    with mqkit.connect(broker_urls["rocketmq"]) as mq:
+        topic = f"c-{uuid.uuid4().hex[:10]}"
+        mq.declare(topic, groups=["g"])
+        producer = mq.adapter._producer  # type: ignore[attr-defined]
+        real = producer.send_async
+        calls = itertools.count()
+
+        def overtaken(msg: Any) -> Future[Any]:
+            out: Future[Any] = Future()
+
+            def go() -> None:
+                try:
+                    sent = real(msg)
+                except Exception as exc:
+                    out.set_exception(exc)
+                    return
+                sent.add_done_callback(settle)
+
+            def settle(sent: Future[Any]) -> None:
+                error = sent.exception()
+                if error is not None:
+                    out.set_exception(error)
+                else:
+                    out.set_result(sent.result())
+
+            threading.Timer(max(0.2 - 0.004 * next(calls), 0.0), go).start()
+            return out
+
+        monkeypatch.setattr(producer, "send_async", overtaken)
+        keys = [f"user-{i}" for i in range(6)]
+        per_key = 8
+        batch = [
+            mqkit.OutgoingMessage(str(s).encode(), key=k) for s in range(per_key) for k in keys
+        ]
+        receipts = mq.producer().send_many(topic, batch)
+        assert len(receipts) == len(batch)
+        assert all(r.confirmed for r in receipts)
+        seen: dict[str, list[int]] = {}
+        c = mq.consumer(topic, group="g", policy=Policy(ordering="per_key"))
+        try:
+            c.run(
+                lambda m: seen.setdefault(m.key or "", []).append(int(m.value)),
+                idle_timeout=10,
+                max_messages=len(batch),
+            )
+        finally:
+            c.close()
+        assert {k: seen.get(k) for k in keys} == {k: list(range(per_key)) for k in keys}
