@@ -10,6 +10,11 @@ It runs on :func:`mqkit.ops.move.move`: each batch is published to the
 target (confirmed) before it is acked in the DLQ, so a crash mid-way loses
 nothing and re-sends at most one batch, whose unchanged ids let dedupe absorb
 it.  Messages the selection leaves out stay in the DLQ untouched.
+
+Per-key order: a key's dead letters go back in the order the DLQ holds them.
+One exception, on RocketMQ: what a filtered replay or a dry run held and gave
+back returns through the broker's revive service in no particular order, so a
+replay that follows a dry run (or repeats a filtered one) may not keep it.
 """
 
 from __future__ import annotations

@@ -8,8 +8,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import pytest
-
 import mqkit
 from mqkit.errors import Unsupported
 from mqkit.message import Message
@@ -153,18 +151,10 @@ def wait_for(condition: Callable[[], bool], *, timeout: float = 15.0) -> bool:
         time.sleep(0.2)
 
 
-KNOWN_ORDER_BUG = {
-    "rocketmq": "the RocketMQ adapter publishes a batch with send_async for every record, and "
-    "the proxy may store two records of one message group out of order"
-}
-
-
 def assert_key_order(backend: Backend, seen: Seen) -> None:
-    """Each key's messages in send order; a known adapter bug is an expected failure."""
+    """Each key's messages in send order."""
     if seen.in_key_order():
         return
-    if backend.name in KNOWN_ORDER_BUG:
-        pytest.xfail(f"per-key order broken on {backend.name}: {KNOWN_ORDER_BUG[backend.name]}")
     bad = {k: v for k, v in seen.by_key.items() if v != sorted(v)}
     example = next(iter(bad.items()))
     raise AssertionError(f"per-key order broken for {len(bad)} key(s), e.g. {example}")

@@ -95,11 +95,28 @@ def test_replay_selected_dead_letters_back_in_key_order(
     assert result.by_target == {t: 200}
     back = read_all(bmq, t, "g", idle=IDLE)
     assert Counter(back.ids) == Counter(expired)
-    assert_key_order(backend, back)
+    if backend.name != "rocketmq":
+        assert_key_order(backend, back)
+    # else: what the dry run held comes back through RocketMQ's revive service in no
+    # particular order, so a replay AFTER a dry run does not keep key order there
+    # (documented in mqkit/ops/replay.py); without a dry run it does (next test).
     assert not [h for m in back.messages for h in m.headers if h.startswith("mqkit_dlq")]
     rest = read_all(bmq, f"{t}.dlq", idle=again)
     assert Counter(rest.ids) == Counter(failed)  # left where they were, untouched
     assert {m.headers[DLQ_REASON] for m in rest.messages} == {"failed"}
+
+
+def test_replay_without_a_dry_run_keeps_each_keys_order(
+    backend: Backend, bmq: mqkit.Client
+) -> None:
+    t = backend.topic("ord")
+    bmq.declare(t, groups=["g"])
+    expired = dead_letter_backlog(bmq, t, 120, reason=Reason.EXPIRED, prefix="exp")
+    result = ops.replay(bmq, f"{t}.dlq", reason="expired", idle_timeout=IDLE)
+    assert result.moved == 120
+    back = read_all(bmq, t, "g", idle=IDLE)
+    assert Counter(back.ids) == Counter(expired)
+    assert_key_order(backend, back)
 
 
 def test_lag_reports_the_truth_or_says_unsupported(backend: Backend, bmq: mqkit.Client) -> None:
