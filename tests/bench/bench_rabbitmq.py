@@ -33,9 +33,11 @@ from typing import Any
 
 import pika
 
+if __package__ in (None, ""):  # run by path: make `tests` importable like `-m` does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 import mqkit
-from mqkit.policy import Policy
-from mqkit.producer import OutgoingMessage
+from tests.bench.common import mq_consume, mq_produce, plot_pairs
 
 URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
@@ -167,34 +169,6 @@ def raw_consume(url: str, queue: str, n: int, prefetch: int) -> float:
 # -- mqkit -------------------------------------------------------------------------------
 
 
-def mq_produce(mq: mqkit.Client, topic: str, n: int, body: bytes, *, one_by_one: bool) -> float:
-    producer = mq.producer(Policy(confirm=True, persistent=True))
-    t0 = time.perf_counter()
-    if one_by_one:
-        for _ in range(n):
-            producer.send(topic, body)
-    else:
-        producer.send_many(topic, [OutgoingMessage(body) for _ in range(n)])
-    return time.perf_counter() - t0
-
-
-def mq_consume(mq: mqkit.Client, topic: str, group: str, n: int, prefetch: int) -> float:
-    consumer = mq.consumer(topic, group=group, policy=Policy(prefetch=prefetch))
-    got = 0
-
-    def handler(_message: Any) -> None:
-        nonlocal got
-        got += 1
-
-    t0 = time.perf_counter()
-    consumer.run(handler, max_messages=n)
-    elapsed = time.perf_counter() - t0
-    consumer.close()
-    if got != n:
-        raise SystemExit(f"mqkit consumed {got} of {n}")
-    return elapsed
-
-
 # -- the run -----------------------------------------------------------------------------
 
 
@@ -213,10 +187,8 @@ def one_run(args: argparse.Namespace, body: bytes) -> dict[str, float]:
     with mqkit.connect(f"{args.url}{sep}confirm_window=1&queue_type={qt}") as mq:
         topic = f"bench-mq-{tag}-w1"
         mq.declare(topic, groups=["q"])
-        rates["produce w1 mqkit"] = args.n1 / mq_produce(mq, topic, args.n1, body, one_by_one=False)
-        rates["produce w1 mqkit send()"] = args.n1 / mq_produce(
-            mq, topic, args.n1, body, one_by_one=True
-        )
+        rates["produce w1 mqkit"] = args.n1 / mq_produce(mq, topic, args.n1, body, batch=None)
+        rates["produce w1 mqkit send()"] = args.n1 / mq_produce(mq, topic, args.n1, body, batch=1)
         mq.adapter.delete_topic(topic)
         mq.adapter.delete_topic(f"{topic}.dlq")
 
@@ -230,9 +202,7 @@ def one_run(args: argparse.Namespace, body: bytes) -> dict[str, float]:
     with mqkit.connect(f"{args.url}{sep}confirm_window={w}&queue_type={qt}") as mq:
         topic = f"bench-mq-{tag}-w{w}"
         mq.declare(topic, groups=["q"])
-        rates[f"produce w{w} mqkit"] = args.n / mq_produce(
-            mq, topic, args.n, body, one_by_one=False
-        )
+        rates[f"produce w{w} mqkit"] = args.n / mq_produce(mq, topic, args.n, body, batch=None)
         rates["consume mqkit"] = args.n / mq_consume(mq, topic, "q", args.n, args.prefetch)
         mq.adapter.delete_topic(topic)
         mq.adapter.delete_topic(f"{topic}.dlq")
@@ -324,24 +294,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"\nwrote {args.out}")
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         labels = [r[0] for r in rows[:3]]
         raw = [float(r[1].replace(",", "")) for r in rows[:3]]
         mine = [float(r[2].replace(",", "")) for r in rows[:3]]
-        x = range(len(labels))
-        fig, ax = plt.subplots(figsize=(9, 4))
-        ax.bar([i - 0.2 for i in x], raw, width=0.4, label="raw pika")
-        ax.bar([i + 0.2 for i in x], mine, width=0.4, label="mqkit")
-        ax.set_xticks(list(x), labels, fontsize=8)
-        ax.set_ylabel("msg/s")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(args.plot)
-        print(f"wrote {args.plot}")
+        plot_pairs(args.plot, labels, raw, mine, "raw pika")
     return 0
 
 

@@ -33,9 +33,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run by path: make `tests` importable like `-m` does
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 import mqkit
-from mqkit.policy import Policy
-from mqkit.producer import OutgoingMessage
+from tests.bench.common import mq_consume, mq_produce, plot_pairs
 
 # mqkit.adapters is the repository's adapters/ folder (a package-dir mapping): imported by
 # name so that mypy, which checks adapters/ as its own package, needs no second path.
@@ -138,35 +140,6 @@ def raw_consume(cfg: Any, topic: str, group: str, n: int) -> float:
 # -- mqkit -------------------------------------------------------------------------------
 
 
-def mq_produce(mq: mqkit.Client, topic: str, n: int, batch: int, body: bytes) -> float:
-    producer = mq.producer(Policy(confirm=True, persistent=True))
-    t0 = time.perf_counter()
-    if batch <= 1:
-        for _ in range(n):
-            producer.send(topic, body)
-    else:
-        for start in range(0, n, batch):
-            producer.send_many(topic, [OutgoingMessage(body) for _ in range(min(batch, n - start))])
-    return time.perf_counter() - t0
-
-
-def mq_consume(mq: mqkit.Client, topic: str, group: str, n: int, prefetch: int) -> float:
-    consumer = mq.consumer(topic, group=group, policy=Policy(prefetch=prefetch))
-    got = 0
-
-    def handler(_message: Any) -> None:
-        nonlocal got
-        got += 1
-
-    t0 = time.perf_counter()
-    consumer.run(handler, max_messages=n)
-    elapsed = time.perf_counter() - t0
-    consumer.close()
-    if got != n:
-        raise SystemExit(f"mqkit consumed {got} of {n}")
-    return elapsed
-
-
 # -- the run -----------------------------------------------------------------------------
 
 
@@ -199,8 +172,8 @@ def one_run(args: argparse.Namespace, body: bytes, mqkit_second: bool) -> dict[s
             mq.declare(mb, partitions=QUEUES, groups=["g"])
             mq.producer().send(m1, body)  # route and channel warm
             mq.producer().send(mb, body)
-            rates["produce 1 mqkit"] = args.n1 / mq_produce(mq, m1, args.n1, 1, body)
-            rates["produce b mqkit"] = args.n / mq_produce(mq, mb, args.n, b, body)
+            rates["produce 1 mqkit"] = args.n1 / mq_produce(mq, m1, args.n1, body, batch=1)
+            rates["produce b mqkit"] = args.n / mq_produce(mq, mb, args.n, body, batch=b)
             rates["consume mqkit"] = args.n / mq_consume(mq, mb, "g", args.n + 1, args.prefetch)
             for t in (m1, mb):
                 mq.adapter.delete_topic(t)
@@ -287,24 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"\nwrote {args.out}")
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         labels = [r[0] for r in rows]
         raw = [float(r[1].replace(",", "")) for r in rows]
         mine = [float(r[2].replace(",", "")) for r in rows]
-        x = range(len(labels))
-        fig, ax = plt.subplots(figsize=(9, 4))
-        ax.bar([i - 0.2 for i in x], raw, width=0.4, label="raw rocketmq-python-client")
-        ax.bar([i + 0.2 for i in x], mine, width=0.4, label="mqkit")
-        ax.set_xticks(list(x), labels, fontsize=8)
-        ax.set_ylabel("msg/s")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(args.plot)
-        print(f"wrote {args.plot}")
+        plot_pairs(args.plot, labels, raw, mine, "raw rocketmq-python-client")
     return 0
 
 
