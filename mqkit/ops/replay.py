@@ -14,7 +14,9 @@ it.  Messages the selection leaves out stay in the DLQ untouched.
 Per-key order: a key's dead letters go back in the order the DLQ holds them.
 One exception, on RocketMQ: what a filtered replay or a dry run held and gave
 back returns through the broker's revive service in no particular order, so a
-replay that follows a dry run (or repeats a filtered one) may not keep it.
+replay that follows a dry run (or repeats a filtered one) may not keep it, and
+the messages a selection leaves out come back to the DLQ's readers only after
+RocketMQ's retry back-off, which grows each time they are held and given back.
 """
 
 from __future__ import annotations

@@ -119,13 +119,18 @@ def read_all(
     *,
     ordered: bool = True,
     idle: float = 1.0,
+    expect: int | None = None,
 ) -> Seen:
-    """Consume everything ``group`` has on ``topic`` with one consumer."""
+    """Consume everything ``group`` has on ``topic`` with one consumer.
+
+    ``expect``: stop once that many are handled (``idle`` then only bounds the
+    wait for stragglers, e.g. messages a broker hands back late).
+    """
     seen = Seen()
     policy = mqkit.Policy(ordering="per_key" if ordered else "none", prefetch=1000)
     c = mq.consumer(topic, group=group, policy=policy)
     try:
-        c.run(seen, idle_timeout=idle)
+        c.run(seen, idle_timeout=idle, max_messages=expect)
     finally:
         c.close()
     return seen
