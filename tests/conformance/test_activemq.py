@@ -40,6 +40,7 @@ activemq = pytest.mark.activemq
 @activemq
 class TestActiveMQ(ConformanceSuite):
     settle = 1.0
+    recover_settle = 15.0
 
     @pytest.fixture(autouse=True)
     def _broker(self, broker_urls: dict[str, str], broker_control: BrokerControl) -> None:
