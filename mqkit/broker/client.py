@@ -1,10 +1,14 @@
 """A thread-safe synchronous client of the broker server (``mqkit://``).
 
-Why one socket and a reader thread: producers and consumers of one ``mq``
+Why one socket and no reader thread: producers and consumers of one ``mq``
 live in different threads, and each request is a round trip.  Every caller
-writes its frame (under a send lock) and waits on its own event; one reader
-thread reads replies and wakes the caller whose request id matches, so many
-threads pipeline over one connection without waiting for each other.
+writes its frame (under a send lock) and then waits for its reply; whichever
+waiting caller finds nobody reading becomes the reader, dispatches every
+reply it reads (waking their callers) and, once its own reply is in, hands
+the reading over to another waiting caller.  A lone caller so reads its own
+reply: no thread wakes another on the way back, which is most of a round
+trip's cost on a busy machine.  Many threads still pipeline over one
+connection without waiting for each other.
 
 A lost connection fails every request in flight with
 :class:`~mqkit.errors.ConnectionLost` (the caller cannot know whether the
@@ -19,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
+import select
 import socket
 import ssl
 import threading
@@ -49,12 +55,16 @@ class Reply:
 
 
 class _Call:
-    __slots__ = ("error", "event", "parts")
+    """A request awaiting its reply; ``event`` wakes its caller: reply in, or its turn to read."""
+
+    __slots__ = ("done", "error", "event", "parts", "waiting")
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.parts: list[bytes] = []
         self.error: BaseException | None = None
+        self.done = False  # reply or error is in (set under the connection's lock)
+        self.waiting = False  # its caller sleeps in wait(): a candidate to take over reading
 
 
 Pending = tuple["_Conn", int, _Call]  # a submitted request: pass it to BrokerClient.wait
@@ -66,6 +76,8 @@ class _Plain:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._send_lock = threading.Lock()
+        self._poll = select.poll()
+        self._poll.register(sock, select.POLLIN)
 
     def handshake(self) -> None:
         pass
@@ -75,6 +87,16 @@ class _Plain:
             self.sock.sendall(data)
 
     def recv(self) -> bytes:
+        return self.sock.recv(READ_CHUNK)
+
+    def readable(self, timeout: float) -> bool:
+        """Whether bytes (or EOF) can be read now or arrive within ``timeout`` seconds."""
+        return bool(self._poll.poll(max(0, math.ceil(timeout * 1000))))
+
+    def recv_within(self, timeout: float) -> bytes | None:
+        """The next bytes (b"" at EOF), or None when none came within ``timeout``."""
+        if not self.readable(timeout):
+            return None
         return self.sock.recv(READ_CHUNK)
 
     def close(self) -> None:
@@ -130,6 +152,12 @@ class _TLS(_Plain):
             self.sock.sendall(out)
 
     def recv(self) -> bytes:
+        data = self.recv_within(None)
+        assert data is not None
+        return data
+
+    def recv_within(self, timeout: float | None) -> bytes | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._tls_lock:
                 try:
@@ -140,6 +168,8 @@ class _TLS(_Plain):
                     return b""
             if pending:
                 self._push()  # e.g. a key update: rare, never while the handshake runs
+            if deadline is not None and not self.readable(deadline - time.monotonic()):
+                return None
             raw = self.sock.recv(READ_CHUNK)
             if not raw:
                 return b""
@@ -148,17 +178,24 @@ class _TLS(_Plain):
 
 
 class _Conn:
-    """One live connection: its channel, reader thread and calls awaiting replies."""
+    """One live connection: its channel, its reply decoder and calls awaiting replies."""
 
-    def __init__(self, channel: _Plain, generation: int, hello: wire.HelloReply) -> None:
+    def __init__(
+        self,
+        channel: _Plain,
+        generation: int,
+        hello: wire.HelloReply,
+        decoder: wire.FrameDecoder,
+    ) -> None:
         self.channel = channel
         self.generation = generation
         self.hello = hello
+        self.decoder = decoder  # used only by the caller that is reading
         self.lock = threading.Lock()
         self.pending: dict[int, _Call] = {}
+        self.reading = False  # a caller is reading replies (at most one)
         self.dead = False
         self.reason: BaseException | None = None
-        self.reader: threading.Thread | None = None
 
 
 class BrokerClient:
@@ -294,17 +331,16 @@ class BrokerClient:
         except (OSError, wire.ProtocolError, MQError) as exc:
             sock.close()
             raise self._unreachable(exc) from exc
+        if len(frames) > 1:  # nothing was asked yet: only a parting ERROR can follow
+            channel.close()
+            raise self._unreachable(
+                wire.exception_from_error(wire.decode_error(frames[1].payload))
+                if frames[1].op == wire.Op.ERROR
+                else "an unexpected frame after HELLO"
+            )
         self._hello = info
-        conn = _Conn(channel, next(self._generations), info)
         decoder.max_frame = info.max_frame + _SLACK
-        conn.reader = threading.Thread(
-            target=self._read_loop,
-            args=(conn, decoder, frames[1:]),
-            name=f"mqkit-client-{self.address}",
-            daemon=True,
-        )
-        conn.reader.start()
-        return conn
+        return _Conn(channel, next(self._generations), info, decoder)
 
     # -- requests ----------------------------------------------------------------------
 
@@ -336,18 +372,41 @@ class BrokerClient:
 
     def wait(self, conn: _Conn, rid: int, c: _Call, timeout: float | None = None) -> Reply:
         limit = self.request_timeout if timeout is None else timeout
-        if not c.event.wait(limit):
+        deadline = time.monotonic() + limit
+        while True:
             with conn.lock:
-                conn.pending.pop(rid, None)
-            err = ConnectionLost(
-                f"the broker at {self.address} did not answer within {limit:.0f}s; the "
-                "connection is reset (the request may or may not have been applied)"
-            )
-            self._lose(conn, err)
-            raise err
+                if c.done:
+                    break
+                expired = time.monotonic() >= deadline
+                lead = not expired and not conn.reading
+                if lead:
+                    conn.reading = True
+                elif not expired:
+                    c.event.clear()
+                    c.waiting = True
+            if expired:
+                self._timed_out(conn, rid, limit)
+            if lead:
+                self._read_until(conn, c, deadline)
+                continue
+            left = deadline - time.monotonic()
+            if left > 0:
+                c.event.wait(left)
+            with conn.lock:
+                c.waiting = False
         if c.error is not None:
             raise c.error
         return Reply(c.parts, conn.generation)
+
+    def _timed_out(self, conn: _Conn, rid: int, limit: float) -> None:
+        with conn.lock:
+            conn.pending.pop(rid, None)
+        err = ConnectionLost(
+            f"the broker at {self.address} did not answer within {limit:.0f}s; the "
+            "connection is reset (the request may or may not have been applied)"
+        )
+        self._lose(conn, err)
+        raise err
 
     def _lost_error(self, conn: _Conn) -> ConnectionLost:
         return ConnectionLost(
@@ -355,24 +414,32 @@ class BrokerClient:
             "a request was in flight; it may or may not have been applied"
         )
 
-    # -- the reader thread -------------------------------------------------------------
+    # -- reading replies (by a waiting caller) ----------------------------------------
 
-    def _read_loop(self, conn: _Conn, decoder: wire.FrameDecoder, early: list[wire.Frame]) -> None:
+    def _read_until(self, conn: _Conn, c: _Call, deadline: float) -> None:
+        """Read and dispatch replies until ``c``'s is in, then hand reading to a waiter."""
         try:
-            for f in early:
-                self._dispatch(conn, f)
-            while not conn.dead:
-                try:
-                    data = conn.channel.recv()
-                except TimeoutError:
-                    continue  # an idle connection is fine
+            while not c.done:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return  # wait() sees the deadline passed
+                data = conn.channel.recv_within(left)
+                if data is None:
+                    continue
                 if not data:
                     raise ConnectionError("the broker closed the connection")
-                for f in decoder.feed(data):
+                for f in conn.decoder.feed(data):
                     self._dispatch(conn, f)
-                decoder.check()
+                conn.decoder.check()
         except BaseException as exc:
             self._lose(conn, exc)
+        finally:
+            with conn.lock:
+                conn.reading = False
+                for other in conn.pending.values():
+                    if other.waiting:
+                        other.event.set()  # its turn to read
+                        break
 
     def _dispatch(self, conn: _Conn, f: wire.Frame) -> None:
         if f.op == wire.Op.RESULT_MORE:
@@ -381,16 +448,20 @@ class BrokerClient:
             if c is not None:
                 c.parts.append(f.payload)
             return
-        with conn.lock:
-            c = conn.pending.pop(f.id, None)
+        err: MQError | None = None
         if f.op == wire.Op.ERROR:
             err = wire.exception_from_error(wire.decode_error(f.payload))
-            if c is None:  # about the connection itself: it is closing
-                raise ConnectionError(str(err))
-            c.error = err
-        elif c is not None:
-            c.parts.append(f.payload)
-        if c is not None:
+        with conn.lock:
+            c = conn.pending.pop(f.id, None)
+            if c is None:
+                if err is not None:  # about the connection itself: it is closing
+                    raise ConnectionError(str(err))
+                return
+            if err is not None:
+                c.error = err
+            else:
+                c.parts.append(f.payload)
+            c.done = True
             c.event.set()
 
     def _lose(self, conn: _Conn, exc: BaseException) -> None:
@@ -408,9 +479,11 @@ class BrokerClient:
             if self._closed
             else self._lost_error(conn)
         )
-        for c in pending.values():
-            c.error = err
-            c.event.set()
+        with conn.lock:
+            for c in pending.values():
+                c.error = err
+                c.done = True
+                c.event.set()
 
     def close(self) -> None:
         """Close the connection; requests still waiting fail with Closed.  Idempotent."""
@@ -420,5 +493,3 @@ class BrokerClient:
         if conn is None:
             return
         self._lose(conn, Closed("closed by the client"))
-        if conn.reader is not None and conn.reader is not threading.current_thread():
-            conn.reader.join(timeout=5.0)

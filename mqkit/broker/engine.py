@@ -27,7 +27,7 @@ import itertools
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from mqkit.broker.log import GroupSnapshot, LogFactory, NullStateStore, PartitionLog, StateStore
@@ -246,6 +246,16 @@ class Engine:
         with self._cond:
             self._cond.notify_all()
         return out
+
+    def logs_of(self, placed: Iterable[tuple[str, int]]) -> list[PartitionLog]:
+        """The logs of (topic, partition) pairs still present (for :meth:`PartitionLog.settle`)."""
+        with self._lock:
+            out: list[PartitionLog] = []
+            for topic, p in placed:
+                t = self._topics.get(topic)
+                if t is not None and p < len(t.logs):
+                    out.append(t.logs[p])
+            return out
 
     # -- consuming ---------------------------------------------------------------
 

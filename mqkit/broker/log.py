@@ -35,6 +35,14 @@ class PartitionLog(Protocol):
         """
         ...
 
+    def settle(self) -> None:
+        """Return once every record appended so far is as safe as ``durable`` makes it.
+
+        Lets a caller append without ``durable`` several times and wait once:
+        one fsync then confirms all of them (the server's group commit).
+        """
+        ...
+
     def read(self, offset: int, max_count: int) -> list[tuple[int, Record]]:
         """Records from ``offset`` on (at most ``max_count``); skips what retention removed."""
         ...
@@ -66,6 +74,9 @@ class MemoryLog:
             first = len(self._records)
             self._records.extend(records)
             return first
+
+    def settle(self) -> None:
+        pass  # nothing is safer than memory here
 
     def read(self, offset: int, max_count: int) -> list[tuple[int, Record]]:
         chunk = self._records[offset : offset + max_count]

@@ -4,14 +4,19 @@ Why this shape:
 
 * The engine *is* the semantics (the same one ``native://`` runs in-process);
   the server only exposes it, so ``mqkit://`` behaves like ``native://``.
-* The engine blocks (fsync'd publishes, fetches waiting on a condition), so
-  engine calls run in a thread pool and the event loop does not stall;
-  concurrent publishes from many connections meet in the log's group commit.
-  Only ack, nack and heartbeat -- in-memory bookkeeping under the engine's
-  lock -- run on the loop itself: a thread hop costs more than they do.
-* Requests are pipelined: each one runs as its own task and its reply carries
-  its id, so a slow fetch never holds up an ack behind it.  Replies finished
-  in the same loop turn are written with one call.
+* Publish, ack, nack and heartbeat run on the loop itself: a thread hop (and
+  the wake-up back) costs more than appending to a page-cached file or
+  in-memory bookkeeping.  A durable publish is appended without waiting; its
+  reply is held until the end of the loop turn, when one fsync per touched
+  partition (``settle``) confirms every publish read in that turn, from every
+  connection -- group commit.  Requests arriving during that fsync wait in
+  the socket buffers and make up the next group.  Calls that may wait
+  (fetches, joins, declares) run in a thread pool.
+* Requests are pipelined and each reply carries its request's id.  A FETCH
+  runs beside everything else (a slow fetch never holds up an ack behind
+  it); the other requests of a connection take effect in the order sent (a
+  PUBLISH right behind its DECLARE finds the topic).  Replies finished in the
+  same loop turn are written with one call.
 * Bounded everything: frame size (checked before allocating), requests in
   flight per connection and unsent reply bytes (the connection is not read
   while either is over its bound), number of connections.
@@ -47,7 +52,7 @@ from typing import Any
 
 from mqkit.broker import protocol as wire
 from mqkit.broker.engine import Engine
-from mqkit.broker.log import MemoryLog
+from mqkit.broker.log import MemoryLog, PartitionLog
 from mqkit.errors import Closed, ConfigError, MQError, PublishError
 from mqkit.producer import check_topic
 
@@ -61,9 +66,8 @@ MAX_FETCH_WAIT = 300.0  # seconds a single FETCH may wait on the server
 MAX_NACK_DELAY = 30 * 86400.0
 MAX_PARTITIONS = 4096  # a topic's logs are created eagerly: bound what one request can ask for
 FETCH_BYTES = 4 * 1024 * 1024  # a FETCH stops collecting past this many bytes
-# Requests that only touch the engine's in-memory group state (and append to the
-# state journal's buffer): a thread hop would cost more than the call itself.
-_INLINE = (wire.Ack, wire.Nack, wire.Heartbeat)
+# Requests run on the loop (see the module docstring): none of them waits.
+_INLINE = (wire.Publish, wire.Ack, wire.Nack, wire.Heartbeat)
 
 
 @dataclass
@@ -72,6 +76,7 @@ class Hosted:
 
     engine: Engine
     persistent: bool
+    settles: bool = False  # a durable publish must wait for an fsync (fsync="always")
     on_delete_topic: Callable[[str], None] | None = None
     on_close: list[Callable[[], None]] = field(default_factory=list)
     _closed: bool = False
@@ -120,7 +125,7 @@ def open_hosted(
     except BaseException:
         storage.close()
         raise
-    return Hosted(engine, True, storage.delete_topic, [storage.close])
+    return Hosted(engine, True, fsync == "always", storage.delete_topic, [storage.close])
 
 
 class _Connection:
@@ -142,6 +147,7 @@ class _Connection:
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._reading: asyncio.Task[None] | None = None
+        self._last: asyncio.Task[None] | None = None  # latest request that is not a FETCH
         writer.transport.set_write_buffer_limits(high=server.max_pending_bytes)
 
     async def serve(self) -> None:
@@ -191,6 +197,9 @@ class _Connection:
                         continue
                     if isinstance(req, wire.Hello):
                         raise wire.ProtocolError("HELLO was already received")
+                    if isinstance(req, _INLINE) and (self._last is None or self._last.done()):
+                        self._run_inline(frame.id, req)
+                        continue
                     await self.slots.acquire()
                     if self.closed:
                         return
@@ -231,28 +240,48 @@ class _Connection:
         return True
 
     def _start(self, rid: int, req: wire.Request) -> None:
-        task = asyncio.ensure_future(self._run(rid, req))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        if isinstance(req, wire.Fetch):
+        if isinstance(req, wire.Fetch):  # may wait long: runs beside everything else
+            task = asyncio.ensure_future(self._run(rid, req, None))
             self.fetches.add(task)
             task.add_done_callback(self.fetches.discard)
+        else:  # takes effect after the connection's earlier requests (DECLARE, then PUBLISH)
+            task = asyncio.ensure_future(self._run(rid, req, self._last))
+            self._last = task
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
-    async def _run(self, rid: int, req: wire.Request) -> None:
-        loop = asyncio.get_running_loop()
+    def _check_member(self, req: wire.Request) -> None:
+        member = getattr(req, "member", None)
+        if member is not None and member not in self.members:
+            raise Closed(
+                f"consumer {member} is not a member on this connection (it left, was "
+                "evicted, or joined on another connection); create a new consumer"
+            )
+
+    def _run_inline(self, rid: int, req: wire.Request) -> None:
         try:
-            member = getattr(req, "member", None)
-            if member is not None and member not in self.members:
-                raise Closed(
-                    f"consumer {member} is not a member on this connection (it left, was "
-                    "evicted, or joined on another connection); create a new consumer"
-                )
+            self._check_member(req)
+            if isinstance(req, wire.Publish):
+                self.server.publish(self, rid, req)
+                return
+            out = self.server.execute(req)
+        except Exception as exc:
+            out = _error_frames(exc, req, self.peer)
+        self.send(rid, out)
+
+    async def _run(self, rid: int, req: wire.Request, after: asyncio.Future[None] | None) -> None:
+        loop = asyncio.get_running_loop()
+        if after is not None:
+            await asyncio.wait([after])
+        if isinstance(req, _INLINE):
+            self.slots.release()
+            self._run_inline(rid, req)
+            return
+        try:
+            self._check_member(req)
             if isinstance(req, wire.Leave):
                 self.members.discard(req.member)
-            if isinstance(req, _INLINE):
-                out = self.server.execute(req)  # in-memory bookkeeping: no thread hop
-            else:
-                out = await loop.run_in_executor(self.server.pool, self.server.execute, req)
+            out = await loop.run_in_executor(self.server.pool, self.server.execute, req)
             if isinstance(req, wire.Join):
                 joined = wire.decode_member(out[-1][1])
                 if self.closed:
@@ -260,10 +289,7 @@ class _Connection:
                 else:
                     self.members.add(joined)
         except Exception as exc:
-            kind, msg, name = wire.error_from_exception(exc)
-            if kind is wire.ErrorKind.INTERNAL:
-                log.exception("request %s from %s failed", type(req).__name__, self.peer)
-            out = [(wire.Op.ERROR, wire.encode_error(kind, msg, name))]
+            out = _error_frames(exc, req, self.peer)
         finally:
             self.slots.release()
         self.send(rid, out)
@@ -307,6 +333,13 @@ class _Connection:
             await asyncio.wait_for(self.writer.wait_closed(), 5.0)
 
 
+def _error_frames(exc: Exception, req: object, peer: object) -> list[tuple[wire.Op, bytes]]:
+    kind, msg, name = wire.error_from_exception(exc)
+    if kind is wire.ErrorKind.INTERNAL:
+        log.error("request %s from %s failed", type(req).__name__, peer, exc_info=exc)
+    return [(wire.Op.ERROR, wire.encode_error(kind, msg, name))]
+
+
 class BrokerServer:
     """Serves one hosted engine over TCP (optionally TLS); see the module docstring."""
 
@@ -343,6 +376,9 @@ class BrokerServer:
         self._conns: set[_Connection] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._server: asyncio.base_events.Server | None = None
+        # Durable publishes appended in this loop turn, waiting for settle().
+        self._unsettled: list[tuple[_Connection, int, list[tuple[wire.Op, bytes]]]] = []
+        self._dirty: set[tuple[str, int]] = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -386,19 +422,54 @@ class BrokerServer:
             if task is not None:
                 self._handlers.discard(task)
 
-    # -- engine calls (in the pool) ------------------------------------------------
+    # -- publishing and group commit (on the loop) ----------------------------------
+
+    def publish(self, conn: _Connection, rid: int, req: wire.Publish) -> None:
+        """Append now; reply now, or at the end of this loop turn once an fsync covers it."""
+        check_topic(req.topic)
+        try:
+            placed = self.engine.publish(req.topic, req.records, durable=False)
+        except OSError as exc:
+            raise PublishError(f"the broker could not store the messages: {exc}") from exc
+        reply = [(wire.Op.RESULT, wire.encode_placed(placed))]
+        if not (req.durable and self.hosted.settles and placed):
+            conn.send(rid, reply)
+            return
+        if not self._unsettled:
+            asyncio.get_running_loop().call_soon(self._settle)
+        self._unsettled.append((conn, rid, reply))
+        self._dirty.update({(req.topic, p) for p, _ in placed})
+
+    def _settle(self) -> None:
+        """fsync every partition appended to since the last call, then send the held replies.
+
+        Blocks the loop for the fsync on purpose: what arrives meanwhile waits in the
+        socket buffers and is confirmed by the next one (several partitions are
+        synced side by side in the pool).
+        """
+        waiting, self._unsettled = self._unsettled, []
+        dirty, self._dirty = self._dirty, set()
+        failed: list[tuple[wire.Op, bytes]] | None = None
+        try:
+            logs = self.engine.logs_of(dirty)
+            if len(logs) == 1:
+                logs[0].settle()
+            else:
+                for _ in self.pool.map(_settle_log, logs):
+                    pass
+        except Exception as exc:
+            if isinstance(exc, OSError):
+                exc = PublishError(f"the broker could not store the messages: {exc}")
+            failed = _error_frames(exc, "Publish", "(group commit)")
+        for conn, rid, reply in waiting:
+            conn.send(rid, reply if failed is None else failed)
+
+    # -- engine calls ----------------------------------------------------------------
 
     def execute(self, req: wire.Request) -> list[tuple[wire.Op, bytes]]:
         """Run one request against the engine; the reply frames' (op, payload)."""
         e = self.engine
         ok: list[tuple[wire.Op, bytes]] = [(wire.Op.RESULT, b"")]
-        if isinstance(req, wire.Publish):
-            check_topic(req.topic)
-            try:
-                placed = e.publish(req.topic, req.records, durable=req.durable)
-            except OSError as exc:
-                raise PublishError(f"the broker could not store the messages: {exc}") from exc
-            return [(wire.Op.RESULT, wire.encode_placed(placed))]
         if isinstance(req, wire.Fetch):
             return self._fetch(req)
         if isinstance(req, wire.Ack):
@@ -497,6 +568,7 @@ class BrokerServer:
         conns = list(self._conns)
         for c in conns:
             c.stop_reading()
+        self._settle()  # publishes read before the stop get their confirms
         work = [t for c in conns for t in c.tasks if t not in c.fetches]
         if work:
             await asyncio.wait(work, timeout=grace)
@@ -514,6 +586,10 @@ class BrokerServer:
                 await asyncio.wait_for(self._server.wait_closed(), 5.0)
         self.pool.shutdown(wait=False, cancel_futures=True)
         log.info("broker stopped")
+
+
+def _settle_log(plog: PartitionLog) -> None:
+    plog.settle()
 
 
 def tls_context(cert: str | Path | None, key: str | Path | None) -> ssl.SSLContext | None:

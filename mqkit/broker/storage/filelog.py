@@ -195,6 +195,11 @@ class FileLog:
         """fsync everything appended so far (any policy)."""
         self._commit.wait(self._written)
 
+    def settle(self) -> None:
+        """fsync what was appended so far if the policy is "always" (a durable append's wait)."""
+        if self._policy == "always" and not self._closed:  # close() syncs
+            self._commit.wait(self._written)
+
     def sync_if_dirty(self) -> None:
         if self._commit.synced < self._written and not self._closed:
             with contextlib.suppress(Closed):  # closing meanwhile: close() syncs
