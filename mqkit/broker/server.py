@@ -303,12 +303,13 @@ class _Connection:
             self._out.append(wire.encode_frame(op, rid, payload))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self.flush)
 
     def send_error(self, rid: int, kind: wire.ErrorKind, msg: str, name: str | None = None) -> None:
         self.send(rid, [(wire.Op.ERROR, wire.encode_error(kind, msg, name))])
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write the queued replies (also scheduled by :meth:`send` for the loop's next turn)."""
         self._flush_scheduled = False
         if self._out and not self.writer.is_closing():
             out, self._out = self._out, []
@@ -318,7 +319,7 @@ class _Connection:
         """Flush what is queued, close the socket, make this connection's members leave."""
         if self.closed:
             return
-        self._flush()
+        self.flush()
         self.closed = True
         self.stop_reading()
         members = list(self.members)
@@ -463,6 +464,8 @@ class BrokerServer:
             failed = _error_frames(exc, "Publish", "(group commit)")
         for conn, rid, reply in waiting:
             conn.send(rid, reply if failed is None else failed)
+        for conn in {c for c, _, _ in waiting}:
+            conn.flush()  # now, not a loop turn later: the confirm is what they wait for
 
     # -- engine calls ----------------------------------------------------------------
 
