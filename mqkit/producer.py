@@ -35,6 +35,42 @@ def check_topic(topic: Any, field: str = "topic") -> str:
     return topic
 
 
+class _Ids:
+    """Random 128-bit message ids (as random as uuid4's) from pooled ``os.urandom`` bytes.
+
+    One ``getrandom`` call per 256 ids instead of one per send: the syscall was
+    a tenth of a single send's cost.  The pool is dropped in a forked child, so
+    parent and child never hand out the same ids.
+    """
+
+    _POOL = 4096  # bytes: 256 ids
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hex = ""
+        self._pos = 0
+
+    def take(self, n: int) -> str:
+        """``n`` ids as one hex string, 32 characters each."""
+        need = 32 * n
+        with self._lock:
+            if self._pos + need > len(self._hex):
+                self._hex = os.urandom(max(self._POOL, 16 * n)).hex()
+                self._pos = 0
+            start = self._pos
+            self._pos = start + need
+            return self._hex[start : start + need]
+
+    def reset(self) -> None:
+        self._lock = threading.Lock()
+        self._hex = ""
+        self._pos = 0
+
+
+_ids = _Ids()
+os.register_at_fork(after_in_child=_ids.reset)
+
+
 def _not_seconds(value: object) -> bool:
     """True unless ``value`` is a real number of seconds (bool is an int, but not that)."""
     return isinstance(value, bool) or not isinstance(value, (int, float))
@@ -92,8 +128,7 @@ class Producer:
         items = list(messages)
         if not items:
             return []
-        # One urandom call per batch: ids as random as uuid4's, a fraction of the cost.
-        ids = os.urandom(16 * len(items)).hex()
+        ids = _ids.take(len(items))
         limit = self._client.max_message_size
         now = time.time()
         records = [
