@@ -154,9 +154,20 @@ class Client:
                 return
             self._closed = True
             children = list(self._children)
+        # Every child and the connection are closed even when one of them fails;
+        # the first failure is raised afterwards.
+        first: Exception | None = None
         for child in reversed(children):
-            child.close()
-        self.adapter.close()
+            try:
+                child.close()
+            except Exception as exc:
+                first = first or exc
+        try:
+            self.adapter.close()
+        except Exception as exc:
+            first = first or exc
+        if first is not None:
+            raise first
 
     def _check_open(self) -> None:
         if self._closed:
