@@ -30,6 +30,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from mqkit.broker.body import EncodedRecords
 from mqkit.broker.log import GroupSnapshot, LogFactory, NullStateStore, PartitionLog, StateStore
 from mqkit.errors import Closed, ConfigError
 from mqkit.message import Record
@@ -235,12 +236,24 @@ class Engine:
         # one (Kafka's sticky partitioner): one append and one fsync per call instead of
         # one per partition, and the load still spreads over the partitions.
         sticky = next(t.rr) % n if n > 1 else 0
-        for i, r in enumerate(records):
-            p = sticky if n == 1 or r.key is None else zlib.crc32(r.key.encode()) % n
-            by_part.setdefault(p, []).append(i)
+        encoded = records if isinstance(records, EncodedRecords) else None
+        if encoded is not None:  # checked bodies: the key's bytes are at hand
+            for i, kb in enumerate(encoded.keys):
+                p = sticky if n == 1 or kb is None else zlib.crc32(kb) % n
+                by_part.setdefault(p, []).append(i)
+        else:
+            for i, r in enumerate(records):
+                p = sticky if n == 1 or r.key is None else zlib.crc32(r.key.encode()) % n
+                by_part.setdefault(p, []).append(i)
         out: list[tuple[int, int]] = [(0, 0)] * len(records)
         for p, idxs in by_part.items():
-            first = t.logs[p].append([records[i] for i in idxs], durable=durable)
+            if len(by_part) == 1:
+                part: Sequence[Record] = records
+            elif encoded is not None:
+                part = encoded.take(idxs)
+            else:
+                part = [records[i] for i in idxs]
+            first = t.logs[p].append(part, durable=durable)
             for j, i in enumerate(idxs):
                 out[i] = (p, first + j)
         with self._cond:

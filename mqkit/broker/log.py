@@ -70,9 +70,10 @@ class MemoryLog:
         self._lock = threading.Lock()
 
     def append(self, records: Sequence[Record], *, durable: bool) -> int:
+        rows = list(records)  # decoded here if they came as checked bodies
         with self._lock:
             first = len(self._records)
-            self._records.extend(records)
+            self._records.extend(rows)
             return first
 
     def settle(self) -> None:

@@ -18,11 +18,15 @@ than :data:`CHUNK` comes as RESULT_MORE frames followed by one RESULT, each a
 self-contained list of deliveries, so no frame has to hold a whole batch.
 
 Payload building blocks: ``str16`` = u16 length + UTF-8, ``str32`` = u32
-length + UTF-8, ``f64`` = IEEE double.  A record::
+length + UTF-8, ``f64`` = IEEE double.  A record in a FETCH reply::
 
     i32 key length (-1 = no key), key UTF-8
     u16 header count, per header: str16 name, str32 value
     u32 value length, value bytes
+
+A record in a PUBLISH is a u32 length and the record's body exactly as the
+log stores it (:mod:`mqkit.broker.body`): the server checks it and appends
+those bytes, without decoding and re-encoding (protocol version 2).
 
 Decoding never raises anything but :class:`ProtocolError`, and never
 allocates more than the bytes it was given.
@@ -37,6 +41,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TypeVar
 
+from mqkit.broker.body import MIN_BODY, EncodedRecords, body_size, check_body, encode_body
 from mqkit.errors import (
     Closed,
     ConfigError,
@@ -95,7 +100,7 @@ __all__ = [
     "record_size",
 ]
 
-VERSION = 1
+VERSION = 2  # 2: PUBLISH carries record bodies as the log stores them
 MAX_MESSAGE = 16 * 1024 * 1024
 DEFAULT_MAX_FRAME = MAX_MESSAGE + 1024 * 1024  # one maximal message plus its metadata
 CHUNK = 1024 * 1024  # FETCH replies are split into frames of about this size
@@ -311,60 +316,31 @@ class _Reader:
         p = self._take(n)
         return Record(key, buf[p : p + n], headers)
 
-    def records(self, n: int) -> list[Record]:
-        """``n`` records, as :meth:`record` reads them, in one tight loop.
-
-        The PUBLISH and FETCH hot path: the per-field method calls of
-        :meth:`record` cost more than the decoding itself.
-        """
+    def bodies(self, n: int) -> EncodedRecords:
+        """``n`` PUBLISH records: each a u32 length and a checked body (see the module doc)."""
         buf = self.buf
         end = self.end
         p = self.pos
-        keyhdr = _KEYHDR.unpack_from
-        u16 = _U16.unpack_from
         u32 = _U32.unpack_from
-        out: list[Record] = []
-        append = out.append
+        keys: list[bytes | None] = []
+        bodies: list[bytes] = []
         try:
             for _ in range(n):
-                if end - p < 6:
-                    raise ProtocolError(f"payload truncated: a record header needed at {p}")
-                klen, nh = keyhdr(buf, p)
-                p += 6
-                key: str | None = None
-                if klen >= 0:
-                    if end - p < klen:
-                        raise ProtocolError(f"payload truncated: key of {klen} bytes at {p}")
-                    key = buf[p : p + klen].decode()
-                    p += klen
-                elif klen != -1:
-                    raise ProtocolError(f"key length {klen} is invalid")
-                if nh * 6 > end - p:
-                    raise ProtocolError(f"header count {nh} exceeds the payload")
-                headers: dict[str, str] = {}
-                for _ in range(nh):
-                    (kn,) = u16(buf, p)
-                    p += 2
-                    name = buf[p : p + kn].decode()
-                    p += kn
-                    (vn,) = u32(buf, p)
-                    p += 4
-                    headers[name] = buf[p : p + vn].decode()
-                    p += vn
-                    if p > end:
-                        raise ProtocolError("payload truncated inside a header")
-                (vn,) = u32(buf, p)
+                if end - p < 4:
+                    raise ProtocolError(f"payload truncated: a record length needed at {p}")
+                (size,) = u32(buf, p)
                 p += 4
-                if end - p < vn:
-                    raise ProtocolError(f"payload truncated: value of {vn} bytes at {p}")
-                append(Record(key, buf[p : p + vn], headers))
-                p += vn
+                if end - p < size:
+                    raise ProtocolError(f"payload truncated: a record of {size} bytes at {p}")
+                keys.append(check_body(buf, p, p + size))
+                bodies.append(buf[p : p + size])
+                p += size
         except UnicodeDecodeError as exc:
-            raise ProtocolError(f"invalid UTF-8 in a string: {exc}") from None
-        except struct.error as exc:
-            raise ProtocolError(f"payload truncated: {exc}") from None
+            raise ProtocolError(f"invalid UTF-8 in a record: {exc}") from None
+        except (ValueError, struct.error) as exc:
+            raise ProtocolError(f"malformed record: {exc}") from None
         self.pos = p
-        return out
+        return EncodedRecords(keys, bodies)
 
     def done(self) -> None:
         if self.pos != self.end:
@@ -410,11 +386,8 @@ def _put_record(parts: list[bytes], r: Record) -> None:
 
 
 def record_size(r: Record) -> int:
-    """Encoded size of a record in bytes (for splitting batches into frames)."""
-    size = 10 + len(r.value) + (len(r.key.encode()) if r.key is not None else 0)
-    for k, v in r.headers.items():
-        size += 6 + len(k.encode()) + len(v.encode())
-    return size
+    """Bytes a record takes in a PUBLISH (for splitting batches into frames)."""
+    return 4 + body_size(r)
 
 
 # -- requests -----------------------------------------------------------------------
@@ -508,8 +481,13 @@ def encode_request(req: Request) -> tuple[Op, bytes]:
         parts.append(_s16(req.topic))
         parts.append(_U8.pack(1 if req.durable else 0))
         parts.append(_U32.pack(len(req.records)))
-        for r in req.records:
-            _put_record(parts, r)
+        pack = _U32.pack
+        if isinstance(req.records, EncodedRecords):
+            bodies = req.records.bodies
+        else:
+            bodies = [encode_body(r) for r in req.records]
+        for b in bodies:
+            parts += (pack(len(b)), b)
         return Op.PUBLISH, b"".join(parts)
     if isinstance(req, Fetch):
         return Op.FETCH, b"".join(
@@ -569,8 +547,8 @@ def _decode_request(op: int, r: _Reader) -> Request:
     if op == Op.PUBLISH:
         topic = r.str16()
         durable = bool(r.u8() & 1)
-        n = r.count(10)
-        return Publish(topic, r.records(n), durable)
+        n = r.count(4 + MIN_BODY)
+        return Publish(topic, r.bodies(n), durable)
     if op == Op.FETCH:
         return Fetch(r.str16(), r.u32(), r.finite("fetch timeout"))
     if op == Op.ACK:

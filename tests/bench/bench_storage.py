@@ -22,8 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mqkit.broker.body import encode_body
 from mqkit.broker.storage import FileLog
-from mqkit.broker.storage.frame import encode_tail, seal
+from mqkit.broker.storage.frame import seal
 from mqkit.message import Record
 
 POLICIES = ("always", "interval", "never")
@@ -76,7 +77,7 @@ def append_once(
     fsyncs = log.fsyncs
     log.close()
     total = per * threads
-    frame = seal(0, encode_tail(rec, 0))
+    frame = seal(0, 0, encode_body(rec))
     floor = floor_once(d / "floor", frame, total, fsyncs)
     shutil.rmtree(d)
     return AppendResult(total / elapsed, total / cpu, fsyncs, floor)

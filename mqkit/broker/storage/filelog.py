@@ -20,7 +20,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
-from mqkit.broker.storage.frame import FrameError, encode_tail, seal
+from mqkit.broker.body import EncodedRecords, encode_body
+from mqkit.broker.storage.frame import FrameError, seal
 from mqkit.broker.storage.index import IndexBuilder, SparseIndex
 from mqkit.broker.storage.opening import Opener, apply_scan
 from mqkit.broker.storage.recovery import scan
@@ -120,13 +121,17 @@ class FileLog:
 
     def append(self, records: Sequence[Record], *, durable: bool) -> int:
         ts = int(time.time() * 1000)
-        tails = [encode_tail(r, ts) for r in records]  # the costly part, before the lock
+        # The costly part, before the lock (a checked PUBLISH brings its bodies encoded).
+        if isinstance(records, EncodedRecords):
+            bodies = records.bodies
+        else:
+            bodies = [encode_body(r) for r in records]
         with self._lock:
             self._check_open()
             first = self._next_offset
-            if not tails:
+            if not bodies:
                 return first
-            rolled = self._append_locked(tails, ts)
+            rolled = self._append_locked(bodies, ts)
             seq = self._written
         if rolled:
             self.enforce_retention()
@@ -220,7 +225,7 @@ class FileLog:
 
     # -- writing ----------------------------------------------------------------------
 
-    def _append_locked(self, tails: list[bytes], ts: int) -> bool:
+    def _append_locked(self, bodies: list[bytes], ts: int) -> bool:
         """Frame and write the batch, one pwrite per segment touched; True if it rolled."""
         seg = self._segments[-1]
         offset = self._next_offset
@@ -230,8 +235,8 @@ class FileLog:
         entries: list[tuple[int, int]] = []
         rolled = False
         try:
-            for tail in tails:
-                frame = seal(offset, tail)
+            for body in bodies:
+                frame = seal(offset, ts, body)
                 if pos > 0 and pos + len(frame) > self._segment_bytes:
                     if parts:
                         self._write(seg, parts, entries, offset, ts)
