@@ -16,6 +16,7 @@ import heapq
 import inspect
 import itertools
 import logging
+import sys
 import threading
 import time
 import typing
@@ -121,10 +122,10 @@ class Consumer:
             self._unsettled -= 1
 
     def _settle_ack(self, d: Delivery) -> None:
+        """The broker side of ``Delivery.ack`` (which has counted the delivery settled)."""
         if self._store is not None and d.claimed is not None:
             self._store.complete(self._dedupe_key(d), d.claimed, self.policy.dedupe_ttl)
         self._sub.ack(d.inbound)
-        self._done()
 
     def _settle_nack(self, d: Delivery, delay: float) -> None:
         self._release_claim(d)
@@ -160,9 +161,11 @@ class Consumer:
 
     # -- admission: TTL, dedupe, auto-ack ----------------------------------------
 
-    def _admit(self, inbound: Inbound, *, claim: bool) -> Delivery | None:
-        with self._state_lock:
-            self._unsettled += 1
+    def _admit(self, inbound: Inbound, *, claim: bool, counted: bool = False) -> Delivery | None:
+        """``counted``: the caller added it to ``_unsettled`` already (a whole fetch at once)."""
+        if not counted:
+            with self._state_lock:
+                self._unsettled += 1
         d = Delivery(self, inbound, inbound.attempt)
         if d.message.expired():
             self._dead_letter_safely(d, Reason.EXPIRED, "message expired before it was handled")
@@ -253,35 +256,37 @@ class Consumer:
             raise Closed("this consumer is closed; create a new one with mq.consumer()")
         invoke = bind_handler(handler)
         per_key = self.policy.ordering == "per_key"
+        # per_key: a lane (deque) per key, and ``ready``/``timers`` hold keys whose lane
+        # head may go next.  Otherwise no lanes: they hold the deliveries themselves.
         lanes: dict[Any, deque[Delivery]] = {}
         ready: deque[Any] = deque()
         timers: list[tuple[float, int, Any]] = []
         seq = itertools.count()
-        held = 0
+        held = 0  # admitted, not finished: in ready, in a lane or waiting for a retry
         prefetch = self.policy.prefetch
         refill_at = max(1, prefetch // 4)
         closing = self._closing
+        sub = self._sub
+        limit = max_messages if max_messages is not None else sys.maxsize
         settled = 0  # handled, dead-lettered or recognised as duplicates: for max_messages
         last_activity = time.monotonic()
         with self._running:
             try:
                 while not closing.is_set():
                     now = time.monotonic()
-                    if not self._sub.ready:
+                    if not sub.ready:
                         last_activity = now
                     while timers and timers[0][0] <= now:
                         ready.append(heapq.heappop(timers)[2])
-                    if max_messages is not None and settled >= max_messages:
+                    if settled >= limit:
                         break
                     if (
                         idle_timeout is not None
-                        and not lanes
+                        and not held
                         and now - last_activity >= idle_timeout
                     ):
                         break
-                    room = prefetch - held
-                    if max_messages is not None:
-                        room = min(room, max_messages - settled - held)
+                    room = min(prefetch - held, limit - settled - held)
                     # With work in hand, refill only once a quarter of the window is
                     # free: one fetch per slot would cost a broker call per message.
                     if room > 0 and (not ready or room >= refill_at):
@@ -291,52 +296,65 @@ class Consumer:
                             wait = 0.5
                             if timers:
                                 wait = min(wait, max(0.0, timers[0][0] - now))
-                            if idle_timeout is not None and not lanes:
+                            if idle_timeout is not None and not held:
                                 wait = min(wait, max(0.0, idle_timeout - (now - last_activity)))
-                        for inbound in self._sub.fetch(room, wait):
-                            last_activity = time.monotonic()
-                            d = self._admit(inbound, claim=False)
+                        got = sub.fetch(room, wait)
+                        if got:
+                            # Counted as unsettled in one step (the window's bookkeeping).
+                            with self._state_lock:
+                                self._unsettled += len(got)
+                        for inbound in got:
+                            d = self._admit(inbound, claim=False, counted=True)
                             if d is None:
                                 continue
                             held += 1
-                            key = (
-                                d.message.key
-                                if per_key and d.message.key is not None
-                                else next(seq)
-                            )
+                            if not per_key:
+                                ready.append(d)
+                                continue
+                            key: Any = d.message.key
+                            if key is None:
+                                key = next(seq)
                             lane = lanes.get(key)
                             if lane is None:
                                 lanes[key] = deque([d])
                                 ready.append(key)
                             else:
                                 lane.append(d)
+                        if got:
+                            last_activity = time.monotonic()
                     elif not ready:
                         self._sub_heartbeat()
-                        self._closing.wait(
-                            max(0.0, min(0.5, timers[0][0] - now)) if timers else 0.05
-                        )
+                        closing.wait(max(0.0, min(0.5, timers[0][0] - now)) if timers else 0.05)
                     if not ready:
                         continue
                     # Work off what is ready in a tight loop, until the window wants a
                     # refill, a retry falls due, the limit is reached or close() is asked.
+                    # A delivery leaves ready/its lane only once processed: if _process
+                    # raises, the finally below still gives it back.
                     while ready:
-                        key = ready.popleft()
-                        lane = lanes[key]
-                        retry_in = self._process(lane[0], invoke)
+                        if per_key:
+                            key = ready[0]
+                            lane = lanes[key]
+                            retry_in = self._process(lane[0], invoke)
+                            ready.popleft()
+                            if retry_in is None:
+                                lane.popleft()
+                                if lane:
+                                    ready.append(key)
+                                else:
+                                    del lanes[key]
+                        else:
+                            retry_in = self._process(ready[0], invoke)
+                            key = ready.popleft()
                         if retry_in is None:
-                            lane.popleft()
                             held -= 1
                             settled += 1
-                            if lane:
-                                ready.append(key)
-                            else:
-                                del lanes[key]
                         else:
                             heapq.heappush(timers, (time.monotonic() + retry_in, next(seq), key))
                         if (
                             prefetch - held >= refill_at
+                            or settled >= limit
                             or closing.is_set()
-                            or (max_messages is not None and settled >= max_messages)
                             or (timers and timers[0][0] <= time.monotonic())
                         ):
                             break
@@ -346,13 +364,16 @@ class Consumer:
                 # Best effort: if the broker already took them back (this member was
                 # evicted, or the connection is gone) the error must not hide why run()
                 # ended, nor stop the others from being given back.
-                for lane in lanes.values():
-                    for d in lane:
-                        if d.state is Settled.PENDING:
-                            try:
-                                d.nack(delay=0.0)
-                            except Exception as exc:
-                                log.warning("could not give back %s: %r", d.message.id, exc)
+                if per_key:
+                    leftover = [d for lane in lanes.values() for d in lane]
+                else:
+                    leftover = [*ready, *(t[2] for t in timers)]
+                for d in leftover:
+                    if d.state is Settled.PENDING:
+                        try:
+                            d.nack(delay=0.0)
+                        except Exception as exc:
+                            log.warning("could not give back %s: %r", d.message.id, exc)
         return self.stats
 
     def _sub_heartbeat(self) -> None:
@@ -385,7 +406,10 @@ class Consumer:
         except SerialBusy as exc:  # another instance handles this key now: wait, keep attempts
             return exc.retry_after
         try:
-            self._invoke(invoke, d, lock)
+            if self._serial is None:
+                invoke(d.message)  # the common case, without _invoke's extra call
+            else:
+                self._invoke(invoke, d, lock)
         except Reject as exc:
             return self._give_up(d, Reason.REJECTED, exc)
         except PayloadError as exc:

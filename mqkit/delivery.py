@@ -27,6 +27,12 @@ class Settled(str, Enum):
     REJECTED = "rejected"
 
 
+# Module constants for the per-message paths: an Enum member lookup on the class
+# costs ~70 ns on Python 3.11, a global ~5 ns.
+_PENDING = Settled.PENDING
+_ACKED = Settled.ACKED
+
+
 class Reject(Exception):
     """Raise from a handler to dead-letter the message at once (reason ``rejected``)."""
 
@@ -44,7 +50,7 @@ class Delivery:
         )
         self.attempt = attempt
         self.claimed: str | None = None  # token of the dedupe 'processing' marker held
-        self.state = Settled.PENDING
+        self.state = _PENDING
 
     def _transition(self, to: Settled) -> bool:
         # The consumer's lock, not one per delivery: settling is rare to race and a
@@ -53,21 +59,35 @@ class Delivery:
             if self.state is to:
                 return False
             if self.state is not Settled.PENDING:
-                raise DeliveryStateError(
-                    f"message {self.message.id} was already {self.state.value}; it cannot also "
-                    f"be {to.value}"
-                )
+                raise self._conflict(to)
             self.state = to
             return True
 
+    def _conflict(self, to: Settled) -> DeliveryStateError:
+        return DeliveryStateError(
+            f"message {self.message.id} was already {self.state.value}; it cannot also "
+            f"be {to.value}"
+        )
+
     def ack(self) -> None:
         """Done: the group never gets this message again."""
-        if self._transition(Settled.ACKED):
-            try:
-                self._consumer._settle_ack(self)
-            except BaseException:
+        consumer = self._consumer
+        # The transition and the consumer's count of unsettled deliveries under one
+        # lock round: this runs once per message.
+        with consumer._state_lock:
+            if self.state is _ACKED:
+                return
+            if self.state is not _PENDING:
+                raise self._conflict(_ACKED)
+            self.state = _ACKED
+            consumer._unsettled -= 1
+        try:
+            consumer._settle_ack(self)
+        except BaseException:
+            with consumer._state_lock:
                 self.state = Settled.PENDING
-                raise
+                consumer._unsettled += 1
+            raise
 
     def nack(self, requeue: bool = True, *, delay: float = 0.0) -> None:
         """Give it back for redelivery (``requeue``), or dead-letter it (``requeue=False``)."""

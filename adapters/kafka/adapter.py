@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from mqkit.adapter import Adapter, PublishOutcome, Subscription, TopicStats
 from mqkit.capabilities import Capabilities, Support
 from mqkit.errors import Closed, ConfigError, ConnectionLost, MissingDriver, MQError, PublishError
-from mqkit.message import H_CONTENT_TYPE, H_DELIVER_AT, H_TS, Receipt, Record
+from mqkit.message import H_CONTENT_TYPE, H_DELIVER_AT, H_ID, H_TS, Receipt, Record
 from mqkit.settings import Settings
 
 from .options import KafkaOptions, load_options
@@ -345,14 +345,18 @@ class KafkaAdapter(Adapter):
             return [exc] * len(records)
         pending: list[Any] = []
         now = time.time()
+        send = producer.send
+        # The SDK stamps a whole batch with one send time: parse that header once.
+        stamps: dict[str, int | None] = {}
         for i, r in enumerate(records):
-            headers, timestamp_ms = wire_headers(r.headers, now)
+            headers, timestamp_ms = wire_headers(r.headers, now, stamps)
+            key = r.key
             try:
                 pending.append(
-                    producer.send(
+                    send(
                         topic,
                         value=r.value,
-                        key=None if r.key is None else r.key.encode("utf-8", "surrogateescape"),
+                        key=None if key is None else key.encode("utf-8", "surrogateescape"),
                         headers=headers,
                         timestamp_ms=timestamp_ms,
                     )
@@ -389,7 +393,7 @@ class KafkaAdapter(Adapter):
                 # Most futures of a batch are done once the first is: skip get()'s timer.
                 md = (
                     p.value
-                    if p.is_done and p.succeeded()
+                    if p.is_done and p.exception is None
                     else p.get(timeout=max(0.0, deadline - time.monotonic()))
                 )
             except Exception as exc:
@@ -431,7 +435,9 @@ class KafkaAdapter(Adapter):
         return sub
 
 
-def wire_headers(headers: dict[str, str], now: float) -> tuple[list[tuple[str, bytes]], int | None]:
+def wire_headers(
+    headers: dict[str, str], now: float, stamps: dict[str, int | None] | None = None
+) -> tuple[list[tuple[str, bytes]], int | None]:
     """Kafka headers for a record, and its Kafka timestamp.
 
     Two of mqkit's reserved headers map onto what Kafka has anyway, which makes
@@ -439,23 +445,46 @@ def wire_headers(headers: dict[str, str], now: float) -> tuple[list[tuple[str, b
     (ms), and the default content type ``bytes`` is left out.  A timestamp far
     from now (a replayed dead letter) stays a header: brokers may refuse old
     record timestamps (``message.timestamp.before.max.ms``).  :func:`.to_record`
-    puts the timestamp header back.
+    puts the timestamp header back.  ``stamps`` caches the parsed send times
+    (header text -> ms, None: keep the header) across the records of one batch.
     """
+    if stamps is not None and len(headers) == 3 and headers.get(H_CONTENT_TYPE) == "bytes":
+        # What the SDK sends unless told otherwise: id, send time, default content
+        # type.  Answered without the general loop (this runs once per record).
+        mid = headers.get(H_ID)
+        ts = headers.get(H_TS)
+        if mid is not None and ts is not None:
+            ms = stamps.get(ts, -1)
+            if ms == -1:
+                ms = stamps[ts] = _stamp_ms(ts, now)
+            if ms is not None:
+                return [(H_ID, mid.encode("utf-8", "surrogateescape"))], ms
     timestamp_ms: int | None = None
     out: list[tuple[str, bytes]] = []
     for k, v in headers.items():
         if k == H_TS:
-            try:
-                ts = float(v)
-            except ValueError:
-                ts = -1.0
-            if abs(ts - now) < 60.0:
-                timestamp_ms = round(ts * 1000)
+            if stamps is not None and v in stamps:
+                ms = stamps[v]
+            else:
+                ms = _stamp_ms(v, now)
+                if stamps is not None:
+                    stamps[v] = ms
+            if ms is not None:
+                timestamp_ms = ms
                 continue
         elif k == H_CONTENT_TYPE and v == "bytes":
             continue
         out.append((k, v.encode("utf-8", "surrogateescape")))
     return out, timestamp_ms
+
+
+def _stamp_ms(text: str, now: float) -> int | None:
+    """The send time ``text`` as a Kafka timestamp (ms), or None when it must stay a header."""
+    try:
+        ts = float(text)
+    except ValueError:
+        return None
+    return round(ts * 1000) if abs(ts - now) < 60.0 else None
 
 
 def _publish_error(topic: str, exc: BaseException) -> PublishError:

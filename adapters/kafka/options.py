@@ -46,7 +46,14 @@ class KafkaOptions(BaseModel):
     retries: int | None = Field(default=None, ge=1, description="None: until delivery_timeout")
     max_in_flight_requests_per_connection: int = Field(default=5, ge=1, le=5)
     linger_ms: int = Field(default=0, ge=0, le=60_000)
-    batch_size: int = Field(default=16_384, ge=0, le=64 * 1024 * 1024)
+    # A cap per partition batch (kafka-python 3 grows each batch's buffer as records
+    # come; nothing is preallocated).  Its default, 16 KiB, fills so fast with linger 0
+    # that many appends find a second batch queued and wake the sender thread (a
+    # syscall that also hands it the GIL): 0.16 wakeups per record at 100 B, 0.75 at
+    # 1 KiB, against ~0.01 with 256 KiB; confirmed batches of 1 KiB records ran ~2x
+    # faster.  256 KiB stays well under the broker's max.message.bytes (1 MiB),
+    # which applies to a whole batch.
+    batch_size: int = Field(default=262_144, ge=0, le=64 * 1024 * 1024)
     compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
     delivery_timeout_ms: int = Field(default=30_000, ge=1_000)
     max_block_ms: int = Field(default=10_000, ge=0)

@@ -67,15 +67,32 @@ FATAL = (
 )
 
 
-def to_record(key: bytes | None, value: bytes | None, headers: Any, timestamp_ms: int) -> Record:
+def to_record(
+    key: bytes | None,
+    value: bytes | None,
+    headers: Any,
+    timestamp_ms: int,
+    stamps: dict[int, str] | None = None,
+) -> Record:
     """A fetched Kafka record as the broker-neutral :class:`Record`.
 
     The send time travels as the Kafka timestamp (see ``adapter.wire_headers``):
-    it becomes the ``x-mqkit-ts`` header again here.
+    it becomes the ``x-mqkit-ts`` header again here; ``stamps`` caches that text
+    per timestamp across one poll (a batch sent at once shares one).  A plain
+    loop for the headers: a comprehension's extra frame costs more than one header.
     """
-    h = {k: (v or b"").decode("utf-8", "surrogateescape") for k, v in headers or ()}
+    h: dict[str, str] = {}
+    if headers:
+        for k, v in headers:
+            h[k] = v.decode("utf-8", "surrogateescape") if v else ""
     if H_TS not in h and timestamp_ms is not None and timestamp_ms >= 0:
-        h[H_TS] = repr(timestamp_ms / 1000)
+        if stamps is None:
+            h[H_TS] = repr(timestamp_ms / 1000)
+        else:
+            text = stamps.get(timestamp_ms)
+            if text is None:
+                text = stamps[timestamp_ms] = repr(timestamp_ms / 1000)
+            h[H_TS] = text
     return Record(
         None if key is None else bytes(key).decode("utf-8", "surrogateescape"),
         b"" if value is None else bytes(value),
@@ -119,7 +136,10 @@ class KafkaSubscription(Subscription):
         # as many records, and the refill overlaps with the consumer's work).
         self._capacity = 2 * max(1, prefetch)
         self._refill_at = max(1, prefetch)
-        self._cv = threading.Condition(threading.Lock())
+        # Hot paths take the lock directly (``with self._lock``: no Python-level
+        # Condition.__enter__); waits and notifications go through the Condition on it.
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
         self._poller_waits = False  # the poller sleeps on _cv until fetch() makes room
         self._parts: dict[int, PartitionState] = {}
         self._queue: deque[Entry] = deque()
@@ -164,7 +184,7 @@ class KafkaSubscription(Subscription):
         """
         limit = (self._opts.session_timeout_ms + self._opts.rebalance_drain_ms) / 1000 + 5.0
         end = time.monotonic() + limit
-        with self._cv:
+        with self._lock:
             while not self._joined and self._fatal is None and not self._closing.is_set():
                 left = end - time.monotonic()
                 if left <= 0:
@@ -187,7 +207,7 @@ class KafkaSubscription(Subscription):
         if self._closed:
             raise Closed("this subscription is closed")
         end = time.monotonic() + max(0.0, timeout)
-        with self._cv:
+        with self._lock:
             while True:
                 if self._fatal is not None:
                     raise self._fatal_error()
@@ -206,18 +226,19 @@ class KafkaSubscription(Subscription):
 
     def ack(self, inbound: Inbound) -> None:
         entry: Entry = inbound.handle
-        with self._cv:
-            if not entry.part.ack(entry):
-                log.debug(
-                    "ack of %s[%s]@%s ignored: partition revoked or already settled",
-                    self.topic,
-                    inbound.partition,
-                    inbound.offset,
-                )
+        with self._lock:
+            done = entry.part.ack(entry)
+        if not done:
+            log.debug(
+                "ack of %s[%s]@%s ignored: partition revoked or already settled",
+                self.topic,
+                inbound.partition,
+                inbound.offset,
+            )
 
     def nack(self, inbound: Inbound, *, delay: float = 0.0) -> None:
         entry: Entry = inbound.handle
-        with self._cv:
+        with self._lock:
             if not entry.part.give_back(entry):
                 return
             due = time.monotonic() + max(0.0, delay)
@@ -230,7 +251,7 @@ class KafkaSubscription(Subscription):
             return
         self._closed = True
         self._closing.set()
-        with self._cv:
+        with self._lock:
             self._cv.notify_all()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=self._opts.request_timeout_ms / 1000 + 10)
@@ -239,7 +260,7 @@ class KafkaSubscription(Subscription):
 
     def in_flight(self, partition: int | None = None) -> int:
         """Deliveries handed out and not settled (of one partition, or all)."""
-        with self._cv:
+        with self._lock:
             return sum(p.out for n, p in self._parts.items() if partition is None or n == partition)
 
     # -- local queue -------------------------------------------------------------------
@@ -253,13 +274,26 @@ class KafkaSubscription(Subscription):
             if entry.live() and not entry.out:
                 out.append(self._hand_out(entry))
         queue = self._queue
-        taken = False
+        if not queue or len(out) >= max_count:
+            return out
+        # The common case inline (this runs once per message): a queued entry that is
+        # still live goes out; see PartitionState.hand_out for the bookkeeping.
+        topic = self.topic
+        append = out.append
+        popleft = queue.popleft
         while queue and len(out) < max_count:
-            entry = queue.popleft()
-            taken = True
-            if entry.live() and not entry.out:
-                out.append(self._hand_out(entry))
-        if taken and self._poller_waits and len(queue) <= self._refill_at:
+            entry = popleft()
+            part = entry.part
+            if entry.out or part.revoked or part.pending.get(entry.offset) is not entry:
+                continue
+            entry.out = True
+            entry.attempt += 1
+            part.out += 1
+            part.dirty = True  # the attempt count is part of the commit metadata
+            append(
+                Inbound(topic, entry.record, entry.attempt, part.tp.partition, entry.offset, entry)
+            )
+        if self._poller_waits and len(queue) <= self._refill_at:
             self._cv.notify_all()
         return out
 
@@ -287,7 +321,7 @@ class KafkaSubscription(Subscription):
             while not self._closing.is_set():
                 self._maybe_commit()
                 self._maybe_nudge()
-                with self._cv:
+                with self._lock:
                     room = self._capacity - len(self._queue)
                     # Refill in batches (one poll() costs as much as many records).
                     full = (
@@ -314,7 +348,7 @@ class KafkaSubscription(Subscription):
                 except Exception as exc:
                     if isinstance(exc, FATAL) or not isinstance(exc, kerrors.KafkaError):
                         log.error("kafka consumer of %s failed: %r", self.group_id, exc)
-                        with self._cv:
+                        with self._lock:
                             self._fatal = exc
                             self._cv.notify_all()
                         return
@@ -352,35 +386,74 @@ class KafkaSubscription(Subscription):
             self._consumer.resume(*paused)
 
     def _receive(self, batches: dict[Any, list[Any]]) -> None:
+        """Queue a poll's records.
+
+        Everything per record (conversion, the Entry, the deliver-at check) happens
+        before taking the lock: the consumer's thread fetches and acks meanwhile, and
+        under the lock there are only a few dict/deque operations per partition.
+        """
         wall = time.time()
-        mono = time.monotonic()
-        # Convert outside the lock: the consumer's thread fetches and acks meanwhile.
-        converted = [
-            (tp, [(r.offset, to_record(r.key, r.value, r.headers, r.timestamp)) for r in rs])
-            for tp, rs in batches.items()
-        ]
-        with self._cv:
-            for tp, records in converted:
-                part = self._parts.get(tp.partition)
-                if part is None or part.revoked:
-                    # Not (or no longer) ours: the owner reads them from the committed offset.
-                    log.debug("dropped %d records of unowned %s", len(records), tp)
+        stamps: dict[int, str] = {}
+        prepared: list[
+            tuple[
+                Any,
+                PartitionState,
+                dict[int, Entry],
+                list[Entry],
+                list[tuple[float, Entry]],
+                list[int],
+            ]
+        ] = []
+        for tp, rs in batches.items():
+            # Read without the lock (a dict lookup); checked again under it below.
+            part = self._parts.get(tp.partition)
+            if part is None or part.revoked or not rs:
+                log.debug("dropped %d records of unowned %s", len(rs), tp)
+                continue
+            fresh: dict[int, Entry] = {}
+            queued: list[Entry] = []
+            delayed: list[tuple[float, Entry]] = []
+            skipped: list[int] = []
+            # Nothing recorded by a previous owner (the usual case): every record is
+            # a first delivery, no per-record look-up in the prior metadata.
+            plain = not part.prior.acked and not part.prior.attempts
+            for r in rs:
+                offset = r.offset
+                record = to_record(r.key, r.value, r.headers, r.timestamp, stamps)
+                if plain:
+                    entry: Entry | None = Entry(part, offset, record, 0)
+                else:
+                    entry = part.prepare(offset, record)
+                if entry is None:
+                    skipped.append(offset)  # a previous owner acked it
                     continue
-                if tp.partition in self._seeks:
+                fresh[offset] = entry
+                raw = record.headers.get(H_DELIVER_AT)
+                due = _deliver_at(raw) if raw else None
+                if due is not None and due > wall:
+                    delayed.append((due, entry))
+                else:
+                    queued.append(entry)
+            prepared.append((tp, part, fresh, queued, delayed, skipped))
+        if not prepared:
+            return
+        mono = time.monotonic()
+        with self._lock:
+            for tp, part, fresh, queued, delayed, skipped in prepared:
+                n = tp.partition
+                if self._parts.get(n) is not part or part.revoked:
+                    # Not (or no longer) ours: the owner reads them from the committed offset.
+                    log.debug("dropped %d records of unowned %s", len(fresh), tp)
+                    continue
+                if n in self._seeks:
                     # Assigned during this poll, read from the previous assignment's
                     # position: the pending seek reads them again from the watermark.
-                    log.debug("dropped %d records of %s fetched before its seek", len(records), tp)
+                    log.debug("dropped %d records of %s fetched before its seek", len(fresh), tp)
                     continue
-                for offset, record in records:
-                    entry = part.receive(offset, record)
-                    if entry is None:
-                        continue  # a previous owner acked it
-                    raw = record.headers.get(H_DELIVER_AT)
-                    due = _deliver_at(raw) if raw else None
-                    if due is not None and due > wall:
-                        heapq.heappush(self._timers, (mono + due - wall, next(self._seq), entry))
-                    else:
-                        self._queue.append(entry)
+                part.admit(fresh, skipped, batches[tp][-1].offset + 1)
+                self._queue.extend(queued)
+                for due, entry in delayed:
+                    heapq.heappush(self._timers, (mono + due - wall, next(self._seq), entry))
             self._cv.notify_all()
 
     def _maybe_nudge(self) -> None:
@@ -403,7 +476,7 @@ class KafkaSubscription(Subscription):
             return
         offsets: dict[Any, Any] = {}
         epochs: dict[int, int] = {}
-        with self._cv:
+        with self._lock:
             for part in self._parts.values():
                 if part.dirty and not part.revoked:
                     part.dirty = False
@@ -436,7 +509,7 @@ class KafkaSubscription(Subscription):
             self.group_id,
             result,
         )
-        with self._cv:
+        with self._lock:
             for partition, epoch in epochs.items():
                 part = self._parts.get(partition)
                 if part is not None and part.epoch == epoch and not part.revoked:
@@ -449,7 +522,7 @@ class KafkaSubscription(Subscription):
         except Exception as exc:
             log.warning("closing the kafka consumer of %s: %r", self.group_id, exc)
         finally:
-            with self._cv:
+            with self._lock:
                 self._joined = False
                 for part in self._parts.values():
                     part.revoked = True
@@ -460,20 +533,20 @@ class KafkaSubscription(Subscription):
     async def _on_revoked(self, revoked: Any, *, lost: bool) -> None:
         numbers = {tp.partition for tp in revoked}
         log.debug("%s: revoking %s (lost=%s)", self.group_id, sorted(numbers), lost)
-        with self._cv:
+        with self._lock:
             if not self._revoking:
                 self._unready_since = time.monotonic()
             self._revoking = True
         if not lost:
             deadline = time.monotonic() + self._opts.rebalance_drain_ms / 1000
             while time.monotonic() < deadline and not self._closing.is_set():
-                with self._cv:
+                with self._lock:
                     busy = sum(p.out for n, p in self._parts.items() if n in numbers)
                 if not busy:
                     break
                 await driver.sleep(self._consumer, 0.02)
         offsets: dict[Any, Any] = {}
-        with self._cv:
+        with self._lock:
             for n in numbers:
                 self._seeks.pop(n, None)
                 part = self._parts.pop(n, None)
@@ -529,7 +602,7 @@ class KafkaSubscription(Subscription):
                     self.group_id,
                     exc,
                 )
-        with self._cv:
+        with self._lock:
             for tp in assigned:
                 n = tp.partition
                 current = self._parts.get(n)

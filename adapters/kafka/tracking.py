@@ -145,14 +145,32 @@ class PartitionState:
 
     def receive(self, offset: int, record: Record) -> Entry | None:
         """Track a fetched record; None when a previous owner already acked it."""
-        self.hi = offset + 1
-        if self.prior.was_acked(offset):
-            self.acked_above.append(offset)
-            self.dirty = True
-            return None
-        entry = Entry(self, offset, record, self.prior.attempts.get(offset, 0))
-        self.pending[offset] = entry
+        entry = self.prepare(offset, record)
+        if entry is None:
+            self.admit({}, [offset], offset + 1)
+        else:
+            self.admit({offset: entry}, [], offset + 1)
         return entry
+
+    def prepare(self, offset: int, record: Record) -> Entry | None:
+        """The Entry of a fetched record, not tracked yet; None when a previous owner acked it.
+
+        Touches nothing shared (``prior`` never changes): the poller builds a
+        whole poll's entries outside the subscription's lock, then :meth:`admit`s them.
+        """
+        prior = self.prior
+        if prior.acked and prior.was_acked(offset):
+            return None
+        return Entry(self, offset, record, prior.attempts.get(offset, 0) if prior.attempts else 0)
+
+    def admit(self, fresh: dict[int, Entry], skipped: list[int], hi: int) -> None:
+        """Track prepared entries (offset -> Entry) and the offsets a previous owner acked."""
+        self.hi = hi
+        if fresh:
+            self.pending.update(fresh)
+        if skipped:
+            self.acked_above.extend(skipped)
+            self.dirty = True
 
     def hand_out(self, entry: Entry) -> int:
         entry.out = True
@@ -170,13 +188,16 @@ class PartitionState:
         return True
 
     def ack(self, entry: Entry) -> bool:
-        if not entry.live():
+        """Settle ``entry``: O(1); the watermark moves when the commit point is computed."""
+        offset = entry.offset
+        pending = self.pending
+        if self.revoked or pending.get(offset) is not entry:
             return False
-        del self.pending[entry.offset]
+        del pending[offset]
         if entry.out:
             entry.out = False
             self.out -= 1
-        self.acked_above.append(entry.offset)
+        self.acked_above.append(offset)
         self.dirty = True
         return True
 
