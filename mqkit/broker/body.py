@@ -27,10 +27,15 @@ _U32 = struct.Struct(">I")
 MIN_BODY = 8  # key length + header count
 
 
+_NAMES: dict[str, bytes] = {}  # header name -> its encoded length + bytes (names repeat)
+_NAMES_MAX = 1024  # a bound: applications may invent names without end
+
+
 def encode_body(record: Record) -> bytes:
     key = record.key
     headers = record.headers
     pack = _U32.pack
+    names = _NAMES
     parts: list[bytes]
     if key is None:
         parts = [_I32.pack(-1), pack(len(headers))]
@@ -38,9 +43,14 @@ def encode_body(record: Record) -> bytes:
         kb = key.encode()
         parts = [_I32.pack(len(kb)), kb, pack(len(headers))]
     for name, value in headers.items():
-        nb = name.encode()
+        nb = names.get(name)
+        if nb is None:
+            raw = name.encode()
+            nb = pack(len(raw)) + raw
+            if len(names) < _NAMES_MAX:
+                names[name] = nb
         vb = value.encode()
-        parts += (pack(len(nb)), nb, pack(len(vb)), vb)
+        parts += (nb, pack(len(vb)), vb)
     parts.append(record.value)
     return b"".join(parts)
 
