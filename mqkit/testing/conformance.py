@@ -209,7 +209,11 @@ class ConformanceSuite(BrokerHooks):
             got = self.drain(mq2, t, expect=50, settle=self.recover_settle)
         finally:
             mq2.close()
-        assert sorted(m.id for m in got) == sorted(ids)
+        missing = set(ids) - {m.id for m in got}
+        assert sorted(m.id for m in got) == sorted(ids), (
+            f"after the restart: {len(got)} received, {len(missing)} of {len(ids)} confirmed "
+            "messages missing"
+        )
 
     # -- C4 manual ack ---------------------------------------------------------------
 
