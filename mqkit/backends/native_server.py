@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mqkit.adapter import Adapter, Inbound, PublishOutcome, Subscription, TopicStats
 from mqkit.broker import protocol as wire
+from mqkit.broker.body import EncodedRecords, encode_body
 from mqkit.broker.client import BrokerClient, Pending
 from mqkit.capabilities import Capabilities, Support
 from mqkit.errors import Closed, ConfigError, ConnectionLost, MessageTooLarge, MQError
@@ -354,39 +355,45 @@ class NativeServerAdapter(Adapter):
             if isinstance(batch, BaseException):
                 outcomes.append(batch)
                 continue
+            sent, encoded = batch
             if failure is not None:
-                outcomes += [failure] * len(batch)
+                outcomes += [failure] * len(sent)
                 continue
             try:
-                req = wire.Publish(topic, batch, durable=confirm and persistent)
+                req = wire.Publish(topic, encoded, durable=confirm and persistent)
                 placed = wire.decode_placed(self._client.call(req).payload)
-                if len(placed) != len(batch):
+                if len(placed) != len(sent):
                     raise wire.ProtocolError(
-                        f"the broker placed {len(placed)} of {len(batch)} messages"
+                        f"the broker placed {len(placed)} of {len(sent)} messages"
                     )
             except MQError as exc:
                 failure = exc  # later batches are not sent: they would overtake this one
-                outcomes += [exc] * len(batch)
+                outcomes += [exc] * len(sent)
                 continue
             now = time.time()
             outcomes += [
                 Receipt(r.id, topic, True, p, o, now)
-                for r, (p, o) in zip(batch, placed, strict=True)
+                for r, (p, o) in zip(sent, placed, strict=True)
             ]
         return outcomes
 
-    def _batches(self, records: Sequence[Record]) -> list[list[Record] | BaseException]:
-        """Split into frames that fit the broker's limit, keeping the records' order."""
+    def _batches(
+        self, records: Sequence[Record]
+    ) -> list[tuple[list[Record], EncodedRecords] | BaseException]:
+        """Encode once and split into frames that fit the broker's limit, in order."""
         budget = self._client.max_frame - 64 * 1024
-        out: list[list[Record] | BaseException] = []
+        out: list[tuple[list[Record], EncodedRecords] | BaseException] = []
         batch: list[Record] = []
+        keys: list[bytes | None] = []
+        bodies: list[bytes] = []
         size = 0
         for r in records:
-            n = wire.record_size(r)
+            body = encode_body(r)
+            n = 4 + len(body)  # its length prefix in a PUBLISH
             if n > budget:
                 if batch:
-                    out.append(batch)
-                    batch, size = [], 0
+                    out.append((batch, EncodedRecords(keys, bodies)))
+                    batch, keys, bodies, size = [], [], [], 0
                 out.append(
                     MessageTooLarge(
                         f"message {r.id} encodes to {n} bytes; the broker accepts at most {budget}",
@@ -395,12 +402,14 @@ class NativeServerAdapter(Adapter):
                 )
                 continue
             if batch and size + n > budget:
-                out.append(batch)
-                batch, size = [], 0
+                out.append((batch, EncodedRecords(keys, bodies)))
+                batch, keys, bodies, size = [], [], [], 0
             batch.append(r)
+            keys.append(None if r.key is None else r.key.encode())
+            bodies.append(body)
             size += n
         if batch:
-            out.append(batch)
+            out.append((batch, EncodedRecords(keys, bodies)))
         return out
 
     def subscribe(self, topic: str, group: str, *, prefetch: int, ordered: bool) -> Subscription:

@@ -20,7 +20,7 @@ from typing import overload
 
 from mqkit.message import Record
 
-__all__ = ["MIN_BODY", "EncodedRecords", "body_size", "check_body", "decode_body", "encode_body"]
+__all__ = ["MIN_BODY", "EncodedRecords", "check_body", "decode_body", "encode_body"]
 
 _I32 = struct.Struct(">i")
 _U32 = struct.Struct(">I")
@@ -53,16 +53,6 @@ def encode_body(record: Record) -> bytes:
         parts += (nb, pack(len(vb)), vb)
     parts.append(record.value)
     return b"".join(parts)
-
-
-def body_size(record: Record) -> int:
-    """Bytes :func:`encode_body` produces (for splitting batches into frames)."""
-    size = MIN_BODY + len(record.value)
-    if record.key is not None:
-        size += len(record.key.encode())
-    for name, value in record.headers.items():
-        size += 8 + len(name.encode()) + len(value.encode())
-    return size
 
 
 def check_body(buf: bytes, start: int, end: int) -> bytes | None:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TypeVar
 
-from mqkit.broker.body import MIN_BODY, EncodedRecords, body_size, check_body, encode_body
+from mqkit.broker.body import MIN_BODY, EncodedRecords, check_body, encode_body
 from mqkit.errors import (
     Closed,
     ConfigError,
@@ -97,7 +97,6 @@ __all__ = [
     "encode_stats",
     "error_from_exception",
     "exception_from_error",
-    "record_size",
 ]
 
 VERSION = 2  # 2: PUBLISH carries record bodies as the log stores them
@@ -383,11 +382,6 @@ def _put_record(parts: list[bytes], r: Record) -> None:
         parts.append(_s32(v))
     parts.append(_U32.pack(len(r.value)))
     parts.append(r.value)
-
-
-def record_size(r: Record) -> int:
-    """Bytes a record takes in a PUBLISH (for splitting batches into frames)."""
-    return 4 + body_size(r)
 
 
 # -- requests -----------------------------------------------------------------------

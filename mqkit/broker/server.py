@@ -272,7 +272,11 @@ class _Connection:
     async def _run(self, rid: int, req: wire.Request, after: asyncio.Future[None] | None) -> None:
         loop = asyncio.get_running_loop()
         if after is not None:
-            await asyncio.wait([after])
+            try:
+                await asyncio.wait([after])
+            except BaseException:  # cancelled while waiting its turn (shutdown)
+                self.slots.release()
+                raise
         if isinstance(req, _INLINE):
             self.slots.release()
             self._run_inline(rid, req)

@@ -308,6 +308,25 @@ def test_big_fetch_replies_come_in_chunks(broker: BrokerProcess) -> None:
         a.close()
 
 
+def test_a_batch_larger_than_a_frame_is_split_in_order(broker: BrokerProcess) -> None:
+    blob = bytes(range(256)) * 4096  # 1 MiB: 20 of them do not fit one 17 MiB frame
+    with mqkit.connect(broker.url()) as mq:
+        mq.declare("split-t", partitions=1, groups=["g"])
+        receipts = mq.producer(Policy(confirm=True, persistent=True)).send_many(
+            "split-t", [mqkit.OutgoingMessage(blob, headers={"i": str(i)}) for i in range(20)]
+        )
+        assert [r.offset for r in receipts] == list(range(20))
+        got: list[str] = []
+        with mq.consumer("split-t", "g") as c:
+            for d in c.iter(timeout=10.0):
+                assert d.message.value == blob
+                got.append(d.message.headers["i"])
+                d.ack()
+                if len(got) == 20:
+                    break
+    assert got == [str(i) for i in range(20)]
+
+
 def test_unreachable_broker_names_address_and_hint() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
