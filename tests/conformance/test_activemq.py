@@ -58,14 +58,6 @@ class TestActiveMQ(ConformanceSuite):
 
     def restart_broker(self) -> None:
         self._control.restart("activemq")
-        # C3 failed in 3 of ~8 full CI runs, never alone (100+ runs) nor with its class.
-        # In the last one the restart after C3's kill replayed exactly as many journal
-        # operations as the restart before C3 (43,444 both), where a passing run shows
-        # ~54 more: the 50 messages C3 sent (and got COMMIT receipts for) within about a second of
-        # the broker's "started" never reached the journal.  Until that is understood, the
-        # conformance suite lets a restarted ActiveMQ settle before using it; the fault
-        # tests (thousands of confirmed sends across kills) still run without this pause.
-        time.sleep(2.0)
         _wait_dispatching(self._url, timeout=60.0)
 
 
