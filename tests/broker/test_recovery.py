@@ -81,14 +81,69 @@ def test_partial_frame_header_at_the_tail(logdir: Path, keep: int) -> None:
     log.close()
 
 
-def test_zero_filled_tail_counts_as_torn(logdir: Path) -> None:
+def test_a_zero_filled_tail_is_reserved_space_not_a_loss(logdir: Path) -> None:
+    """Zeros hold no frame (a frame's length is never 0): cut off, nothing reported."""
     records = build(logdir)
     last = segment_files(logdir)[-1]
     with last.open("ab") as f:
-        f.write(bytes(5000))  # the filesystem grew the file, the data never landed
+        f.write(bytes(5000))  # the reserve a crash left, or a grown file whose data never landed
+    log = reopen(logdir)
+    assert log.report.clean
+    assert read_all(log) == list(enumerate(records))
+    assert log.append([make_record(N, size=SIZE)], durable=True) == N
+    log.close()
+    log = reopen(logdir)
+    assert log.report.clean
+    assert read_all(log) == [*enumerate(records), (N, make_record(N, size=SIZE))]
+    log.close()
+
+
+def test_a_torn_record_before_the_reserve_is_still_reported(logdir: Path) -> None:
+    records = build(logdir)
+    last = segment_files(logdir)[-1]
+    size = last.stat().st_size
+    with last.open("r+b") as f:
+        f.truncate(size - 10)  # the last record loses its end...
+        f.truncate(size + 4000)  # ...and zeros follow it, as in a reserved file
     log = reopen(logdir)
     [entry] = log.report.entries
-    assert (entry.kind, entry.first_offset, entry.bytes_dropped) == ("torn_tail", N, 5000)
+    assert (entry.kind, entry.first_offset) == ("torn_tail", N - 1)
+    assert read_all(log) == list(enumerate(records))[: N - 1]
+    log.close()
+
+
+def test_the_active_segment_is_allocated_ahead_and_trimmed_when_sealed(logdir: Path) -> None:
+    log = FileLog(logdir, segment_bytes=SEGMENT, index_interval=1024, preallocate_bytes=4096)
+    records = [make_record(i, size=SIZE) for i in range(100)]
+    log.append(records[:5], durable=True)
+    [active] = segment_files(logdir)
+    written = log._segments[-1].size
+    assert 0 < written < 4096
+    assert active.stat().st_size == 4096  # reserved ahead of the writes
+    for i in range(5, 100, 5):
+        log.append(records[i : i + 5], durable=True)
+    *sealed, active = segment_files(logdir)
+    assert sealed  # rolled: every sealed file holds exactly its frames
+    for f, seg in zip(sealed, log._segments, strict=False):
+        assert f.stat().st_size == seg.size
+    log.abandon()  # a crash: the active file keeps its reserve
+    assert active.stat().st_size > log._segments[-1].size
+    log = reopen(logdir)
+    assert log.report.clean
+    assert read_all(log) == list(enumerate(records))
+    log.close()  # a clean close trims the reserve
+    assert all(f.stat().st_size > 0 for f in segment_files(logdir))
+    assert active.stat().st_size == log._segments[-1].size
+
+
+def test_a_sealed_segment_with_a_zero_tail_opens_clean(logdir: Path) -> None:
+    """fsync="never" and a power loss can leave a sealed file's trim unwritten."""
+    records = build(logdir)
+    first = segment_files(logdir)[0]
+    with first.open("ab") as f:
+        f.write(bytes(3000))
+    log = reopen(logdir)
+    assert log.report.clean
     assert read_all(log) == list(enumerate(records))
     log.close()
 

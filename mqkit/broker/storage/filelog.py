@@ -70,6 +70,7 @@ class FileLog:
         retention_bytes: int | None = None,
         retention_seconds: float | None = None,
         index_interval: int = 4096,
+        preallocate_bytes: int = 2**20,
         verify: bool = False,
         report: RecoveryReport | None = None,
         flusher: IntervalFlusher | None = None,
@@ -83,6 +84,8 @@ class FileLog:
         self._retention_bytes = retention_bytes
         self._retention_seconds = retention_seconds
         self._interval = index_interval
+        # The active segment's reserve (see segment); no more than a segment holds.
+        self._preallocate = max(0, min(preallocate_bytes, segment_bytes))
         self._lock = threading.Lock()  # writers, roll, retention, repair
         self._fd_lock = threading.Lock()  # opening/closing read fds of sealed segments
         self._cursor_lock = threading.Lock()
@@ -103,6 +106,7 @@ class FileLog:
             new_segment=self._new_segment,
         )
         segs = self._opener.open(verify)
+        segs[-1].preallocate = self._preallocate
         self._set_segments(tuple(segs))
         self._next_offset = segs[-1].next_offset
         self._own_flusher: IntervalFlusher | None = None
@@ -276,7 +280,7 @@ class FileLog:
         return seg
 
     def _new_segment(self, base: int) -> Segment:
-        seg = Segment(self.directory, base, self._interval)
+        seg = Segment(self.directory, base, self._interval, self._preallocate)
         seg.open(create=True)
         seg.index = SparseIndex()
         seg.open_index_for_append()

@@ -5,6 +5,10 @@ Older ones were synced when they were sealed, so they get cheap checks --
 index well formed and spot-checked, the walk from its last entry ending
 exactly at the file's end -- unless ``verify`` asks for a full scan; every
 read checks CRCs anyway.  What was dropped or rebuilt goes to the report.
+
+An all-zero tail is the space the active segment reserved ahead of its writes
+(see ``segment``), left by a crash before the segment was sealed: it holds no
+frame (a frame's length is never 0), so it is cut off without a report.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from mqkit.broker.storage.recovery import ScanResult, resync, scan
 from mqkit.broker.storage.report import RecoveryEntry, RecoveryReport, Severity
 from mqkit.broker.storage.segment import Segment
 
-__all__ = ["Opener", "apply_scan", "check_index"]
+__all__ = ["Opener", "apply_scan", "check_index", "zero_tail"]
 
 SPOT_CHECKS = 5
+ZERO_CHUNK = 2**20
 
 
 class Opener:
@@ -80,6 +85,7 @@ class Opener:
             seg.close_handle()  # reopened lazily by the first read
             return True
         res = scan(fd, size, seg.base, 0, IndexBuilder(self.interval))
+        self._cut_reserve(fd, res, size)
         if res.bad is not None:
             self.drop_tail(seg, fd, res, size, last=next_base - 1, torn=False)
         apply_scan(seg, res)
@@ -131,13 +137,15 @@ class Opener:
         fd = seg.handle.fd
         size = os.fstat(fd).st_size
         res = scan(fd, size, seg.base, 0, IndexBuilder(self.interval))
+        self._cut_reserve(fd, res, size)
         resumed: tuple[int, int] | None = None
         if res.bad is not None:
             resumed = resync(fd, res.end, size, res.next_offset)
             last = resumed[1] if resumed else None
-            torn = resumed is None and res.bad.torn
+            torn = resumed is None and (res.bad.torn or torn_into_reserve(fd, res.end, size))
             self.drop_tail(seg, fd, res, size, last=last, torn=torn)
         apply_scan(seg, res)
+        seg.allocated = seg.size
         try:
             on_disk = seg.index_path.read_bytes()
         except FileNotFoundError:
@@ -157,6 +165,14 @@ class Opener:
             seg.delete()
             out = []
         return [*out, self.new_segment(resumed[1] + 1)]
+
+    @staticmethod
+    def _cut_reserve(fd: int, res: ScanResult, size: int) -> None:
+        """If the scan stopped at an all-zero tail, cut it off: reserved space, not a loss."""
+        if res.bad is None or not zero_tail(fd, res.end, size):
+            return
+        os.ftruncate(fd, res.end)
+        res.bad = None
 
     def drop_tail(
         self, seg: Segment, fd: int, res: ScanResult, size: int, *, last: int | None, torn: bool
@@ -212,6 +228,31 @@ def apply_scan(seg: Segment, res: ScanResult) -> None:
     seg.index = res.index
     if res.builder is not None:
         seg.builder = res.builder
+
+
+def zero_tail(fd: int, start: int, size: int) -> bool:
+    """Whether every byte of the file from ``start`` to ``size`` is zero."""
+    pos = start
+    while pos < size:
+        buf = os.pread(fd, min(ZERO_CHUNK, size - pos), pos)
+        if not buf:
+            return True  # shorter than it said: nothing more to look at
+        if buf.count(0) != len(buf):
+            return False
+        pos += len(buf)
+    return True
+
+
+def torn_into_reserve(fd: int, start: int, size: int) -> bool:
+    """A bad last frame with only zeros after it: a write cut short inside the reserve.
+
+    (Without a reserve, a torn write ends the file early instead.)
+    """
+    head = os.pread(fd, 4, start)
+    if len(head) < 4:
+        return True
+    end = start + 4 + int.from_bytes(head, "big")
+    return end >= size or zero_tail(fd, end, size)
 
 
 def check_index(fd: int, index: SparseIndex, base: int, size: int) -> str | None:
