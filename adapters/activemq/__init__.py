@@ -154,7 +154,9 @@ ACTIVEMQ_CAPABILITIES = Capabilities(
         "confirm_window records, confirmed by its COMMIT's receipt (all or nothing), or a "
         "receipt per SEND with confirm_mode=receipt",
         "persistent": "persistent:true; the receipt (of the SEND, or of a batch's COMMIT) follows "
-        "the KahaDB journal sync",
+        "the KahaDB journal sync; set enableAckCompaction=false on the kahaDB element (as "
+        "docker/activemq/activemq.xml does): with KahaDB's default, a broker killed twice in "
+        "a row can lose what it confirmed in the seconds after the first restart",
         "manual_ack": "client-individual ACK; unacked deliveries go back when the consumer's "
         "connection closes",
         "attempt_count": "1 + copies re-sent for nacks + 1 if ActiveMQ flags the delivery "
