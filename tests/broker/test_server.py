@@ -312,7 +312,7 @@ def test_a_batch_larger_than_a_frame_is_split_in_order(broker: BrokerProcess) ->
     blob = bytes(range(256)) * 4096  # 1 MiB: 20 of them do not fit one 17 MiB frame
     with mqkit.connect(broker.url()) as mq:
         mq.declare("split-t", partitions=1, groups=["g"])
-        receipts = mq.producer(Policy(confirm=True, persistent=True)).send_many(
+        receipts = mq.producer(Policy(confirm=True, persistent=False)).send_many(
             "split-t", [mqkit.OutgoingMessage(blob, headers={"i": str(i)}) for i in range(20)]
         )
         assert [r.offset for r in receipts] == list(range(20))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import mqkit
 from mqkit.broker.engine import Engine
 from mqkit.broker.storage import Storage
 from mqkit.errors import Closed, ConfigError
@@ -142,3 +143,19 @@ def test_engine_over_storage_survives_restart(tmp_path: Path) -> None:
     assert redelivered == {2}
     engine.close()
     storage.close()
+
+
+@pytest.mark.parametrize(("option", "reserved"), [("", True), ("?preallocate_bytes=0", False)])
+def test_native_url_sets_the_segment_reserve(tmp_path: Path, option: str, reserved: bool) -> None:
+    with mqkit.connect(f"native://{tmp_path}{option}") as mq:
+        mq.declare("t")
+        mq.producer().send("t", b"x" * 100)
+        [active] = segment_files(tmp_path / "topics" / "t" / "0")
+        size = active.stat().st_size
+        assert (size == 2**20) if reserved else (0 < size < 1024)
+    assert 0 < active.stat().st_size < 1024  # a clean close trims the reserve
+
+
+def test_a_negative_reserve_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="preallocate_bytes"):
+        Storage(tmp_path, preallocate_bytes=-1)

@@ -47,6 +47,7 @@ class Storage:
         segment_bytes: int = 64 * 2**20,
         retention_bytes: int | None = None,
         retention_seconds: float | None = None,
+        preallocate_bytes: int = 2**20,
         verify: bool = False,
     ) -> None:
         """``verify`` scans every segment at open; by default only the last one is
@@ -55,12 +56,15 @@ class Storage:
             raise ConfigError("must be always, interval or never", field="fsync")
         if segment_bytes < 1024:
             raise ConfigError("must be at least 1024", field="segment_bytes")
+        if preallocate_bytes < 0:
+            raise ConfigError("must be 0 (off) or more", field="preallocate_bytes")
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _take_lock(self.data_dir)
         self._fsync: FsyncPolicy = fsync
         self._fsync_interval = fsync_interval
         self._segment_bytes = segment_bytes
+        self._preallocate_bytes = preallocate_bytes
         self._retention_bytes = retention_bytes
         self._retention_seconds = retention_seconds
         self._verify = verify
@@ -192,6 +196,7 @@ class Storage:
             segment_bytes=self._segment_bytes,
             retention_bytes=self._retention_bytes,
             retention_seconds=self._retention_seconds,
+            preallocate_bytes=self._preallocate_bytes,
             verify=self._verify,
             report=self.recovery_report,
             flusher=self._flusher,
