@@ -99,6 +99,7 @@ def open_hosted(
     fsync: str = "always",
     memory: bool = False,
     session_timeout: float = 30.0,
+    preallocate_bytes: int = 2**20,
 ) -> Hosted:
     """An engine over memory (``memory``) or over the on-disk storage in ``data_dir``."""
     if memory:
@@ -119,7 +120,11 @@ def open_hosted(
         ) from exc
     if fsync not in ("always", "interval", "never"):
         raise ConfigError("must be always, interval or never", field="fsync")
-    storage = Storage(Path(data_dir), fsync=fsync)  # type: ignore[arg-type]
+    storage = Storage(
+        Path(data_dir),
+        fsync=fsync,  # type: ignore[arg-type]
+        preallocate_bytes=preallocate_bytes,
+    )
     try:
         engine = Engine(storage.log, storage.state, session_timeout=session_timeout)
     except BaseException:
@@ -627,6 +632,7 @@ def serve(
     *,
     engine: Hosted | Callable[[], Hosted] | None = None,
     session_timeout: float = 30.0,
+    preallocate_bytes: int = 2**20,
     ready: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
     install_signals: bool = True,
@@ -639,7 +645,13 @@ def serve(
     """
     ctx = tls_context(tls_cert, tls_key)
     if engine is None:
-        hosted = open_hosted(data_dir, fsync=fsync, memory=memory, session_timeout=session_timeout)
+        hosted = open_hosted(
+            data_dir,
+            fsync=fsync,
+            memory=memory,
+            session_timeout=session_timeout,
+            preallocate_bytes=preallocate_bytes,
+        )
     else:
         hosted = engine() if callable(engine) else engine
     try:
@@ -692,6 +704,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", type=Path, help="PEM private key for TLS")
     p.add_argument("--fsync", choices=["always", "interval", "never"], default="always")
     p.add_argument("--session-timeout", type=float, default=30.0, help="seconds (default 30)")
+    p.add_argument(
+        "--preallocate-bytes",
+        type=int,
+        default=2**20,
+        help="disk each partition's active segment reserves ahead of its writes: a cheaper "
+        "fsync per confirm (default 1 MiB; 0: off)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -716,6 +735,7 @@ def main(argv: list[str] | None = None) -> int:
             fsync=args.fsync,
             memory=args.memory,
             session_timeout=args.session_timeout,
+            preallocate_bytes=args.preallocate_bytes,
             ready=ready,
         )
     except MQError as exc:

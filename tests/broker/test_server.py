@@ -327,6 +327,18 @@ def test_a_batch_larger_than_a_frame_is_split_in_order(broker: BrokerProcess) ->
     assert got == [str(i) for i in range(20)]
 
 
+@pytest.mark.parametrize(("extra", "reserved"), [((), True), (("--preallocate-bytes", "0"), False)])
+def test_serve_sets_the_segment_reserve(
+    tmp_path: Path, extra: tuple[str, ...], reserved: bool
+) -> None:
+    with BrokerProcess(data_dir=tmp_path, extra=extra) as b, mqkit.connect(b.url()) as mq:
+        mq.declare("t")
+        mq.producer().send("t", b"x" * 100)
+        [active] = (tmp_path / "topics" / "t" / "0").glob("*.log")
+        size = active.stat().st_size
+        assert (size == 2**20) if reserved else (0 < size < 1024)
+
+
 def test_unreachable_broker_names_address_and_hint() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
