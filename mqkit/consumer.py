@@ -269,6 +269,10 @@ class Consumer:
         sub = self._sub
         limit = max_messages if max_messages is not None else sys.maxsize
         settled = 0  # handled, dead-lettered or recognised as duplicates: for max_messages
+        # A top-up with work in hand found nothing: no more of those until the work in hand
+        # is done (else every message would ask again -- most of the fetches, all empty,
+        # when the handler is faster than the broker delivers).
+        topped_up_empty = False
         last_activity = time.monotonic()
         with self._running:
             try:
@@ -289,7 +293,7 @@ class Consumer:
                     room = min(prefetch - held, limit - settled - held)
                     # With work in hand, refill only once a quarter of the window is
                     # free: one fetch per slot would cost a broker call per message.
-                    if room > 0 and (not ready or room >= refill_at):
+                    if room > 0 and (not ready or (room >= refill_at and not topped_up_empty)):
                         if ready:
                             wait = 0.0
                         else:
@@ -299,6 +303,7 @@ class Consumer:
                             if idle_timeout is not None and not held:
                                 wait = min(wait, max(0.0, idle_timeout - (now - last_activity)))
                         got = sub.fetch(room, wait)
+                        topped_up_empty = bool(ready) and not got
                         if got:
                             # Counted as unsettled in one step (the window's bookkeeping).
                             with self._state_lock:
