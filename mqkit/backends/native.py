@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mqkit.backends.engine import EngineAdapter
 from mqkit.broker.engine import Engine
+from mqkit.broker.log import PREALLOCATE_BYTES
 from mqkit.capabilities import Capabilities
 from mqkit.errors import ConfigError
 
@@ -57,7 +58,7 @@ class NativeOptions(BaseModel):
     segment_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
     retention_bytes: int | None = Field(default=None, gt=0)
     retention_seconds: float | None = Field(default=None, gt=0)
-    preallocate_bytes: int = Field(default=2**20, ge=0)
+    preallocate_bytes: int = Field(default=PREALLOCATE_BYTES, ge=0)
     session_timeout: float = Field(default=30.0, gt=0)
 
 

@@ -15,6 +15,7 @@ from typing import Protocol
 from mqkit.message import Record
 
 __all__ = [
+    "PREALLOCATE_BYTES",
     "GroupSnapshot",
     "LogFactory",
     "MemoryLog",
@@ -22,6 +23,10 @@ __all__ = [
     "PartitionLog",
     "StateStore",
 ]
+
+# Disk an on-disk partition's active segment reserves ahead of its writes (see
+# mqkit.broker.storage.segment): the default of every layer that passes it on.
+PREALLOCATE_BYTES = 2**20
 
 
 class PartitionLog(Protocol):

@@ -52,7 +52,7 @@ from typing import Any
 
 from mqkit.broker import protocol as wire
 from mqkit.broker.engine import Engine
-from mqkit.broker.log import MemoryLog, PartitionLog
+from mqkit.broker.log import PREALLOCATE_BYTES, MemoryLog, PartitionLog
 from mqkit.errors import Closed, ConfigError, MQError, PublishError
 from mqkit.producer import check_topic
 
@@ -99,7 +99,7 @@ def open_hosted(
     fsync: str = "always",
     memory: bool = False,
     session_timeout: float = 30.0,
-    preallocate_bytes: int = 2**20,
+    preallocate_bytes: int = PREALLOCATE_BYTES,
 ) -> Hosted:
     """An engine over memory (``memory``) or over the on-disk storage in ``data_dir``."""
     if memory:
@@ -632,7 +632,7 @@ def serve(
     *,
     engine: Hosted | Callable[[], Hosted] | None = None,
     session_timeout: float = 30.0,
-    preallocate_bytes: int = 2**20,
+    preallocate_bytes: int = PREALLOCATE_BYTES,
     ready: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
     install_signals: bool = True,
@@ -707,7 +707,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preallocate-bytes",
         type=int,
-        default=2**20,
+        default=PREALLOCATE_BYTES,
         help="disk each partition's active segment reserves ahead of its writes: a cheaper "
         "fsync per confirm (default 1 MiB; 0: off)",
     )

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mqkit.broker.body import EncodedRecords, encode_body
+from mqkit.broker.log import PREALLOCATE_BYTES
 from mqkit.broker.storage.frame import FrameError, seal
 from mqkit.broker.storage.index import IndexBuilder, SparseIndex
 from mqkit.broker.storage.opening import Opener, apply_scan
@@ -70,7 +71,7 @@ class FileLog:
         retention_bytes: int | None = None,
         retention_seconds: float | None = None,
         index_interval: int = 4096,
-        preallocate_bytes: int = 2**20,
+        preallocate_bytes: int = PREALLOCATE_BYTES,
         verify: bool = False,
         report: RecoveryReport | None = None,
         flusher: IntervalFlusher | None = None,

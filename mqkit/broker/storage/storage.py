@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 
+from mqkit.broker.log import PREALLOCATE_BYTES
 from mqkit.broker.storage.filelog import FileLog
 from mqkit.broker.storage.report import RecoveryReport
 from mqkit.broker.storage.state import FileStateStore
@@ -47,7 +48,7 @@ class Storage:
         segment_bytes: int = 64 * 2**20,
         retention_bytes: int | None = None,
         retention_seconds: float | None = None,
-        preallocate_bytes: int = 2**20,
+        preallocate_bytes: int = PREALLOCATE_BYTES,
         verify: bool = False,
     ) -> None:
         """``verify`` scans every segment at open; by default only the last one is
